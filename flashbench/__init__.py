@@ -1,0 +1,3 @@
+"""flashbench: benchmark and profile attention kernels."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Attention implementations that flashbench measures, one module each."""
