@@ -1,0 +1,48 @@
+"""Correctness: a high-precision reference attention, error metrics and per-dtype tolerances."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["TOLERANCE", "errors", "reference_attention"]
+
+# Relative Frobenius error allowed per input dtype. 16-bit outputs carry rounding of about
+# 2^-9 (bf16) / 2^-12 (fp16) per element, plus P rounded to the input dtype before P·V in
+# every flash kernel; fp32 allows for TF32 matrix products (about 3e-4 relative).
+TOLERANCE: dict[str, float] = {"fp32": 2e-3, "fp16": 5e-3, "bf16": 2e-2}
+
+_CHUNK_SCORE_BYTES = 256 << 20  # bound the reference's own S matrix per chunk
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                        scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """softmax(Q·Kᵀ·scale)·V upcast to ``dtype``, in chunks of heads so it fits beside the case."""
+    batch, heads, seq_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    qf = q.reshape(batch * kv_heads, group * seq_len, head_dim)
+    kf = k.reshape(batch * kv_heads, kv_len, head_dim)
+    vf = v.reshape(batch * kv_heads, kv_len, head_dim)
+    masked_out = None
+    if causal:
+        keep = torch.ones(seq_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - seq_len)
+        masked_out = (~keep).repeat(group, 1)
+    out = torch.empty(qf.shape, dtype=dtype, device=q.device)
+    per_slice = group * seq_len * kv_len * torch.finfo(dtype).bits // 8
+    step = max(1, _CHUNK_SCORE_BYTES // max(per_slice, 1))
+    for i in range(0, qf.shape[0], step):
+        s = torch.bmm(qf[i:i + step].to(dtype), kf[i:i + step].to(dtype).transpose(1, 2)) * scale
+        if masked_out is not None:
+            s.masked_fill_(masked_out, float("-inf"))
+        out[i:i + step] = torch.bmm(torch.softmax(s, dim=-1), vf[i:i + step].to(dtype))
+    return out.view(batch, heads, seq_len, head_dim)
+
+
+def errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(max absolute error, relative Frobenius error) of ``out`` against ``ref``; NaN never passes."""
+    diff = out.to(ref.dtype) - ref
+    if not torch.isfinite(diff).all():
+        return float("nan"), float("nan")
+    max_abs = diff.abs().max().item()
+    rel = (torch.linalg.vector_norm(diff) / torch.linalg.vector_norm(ref).clamp_min(1e-30)).item()
+    return max_abs, rel

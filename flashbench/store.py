@@ -1,0 +1,136 @@
+"""Run folders on disk: meta.json written atomically, results.jsonl appended and flushed row by row."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from flashbench.errors import UserError
+
+__all__ = ["RunFolder", "create_run", "find_run", "read_meta", "read_rows"]
+
+META = "meta.json"
+RESULTS = "results.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN or infinity; an absent figure is null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """One run: ``meta.json`` plus ``results.jsonl``, one line per finished case."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._results = None
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / META
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        _write_atomic(self.meta_path, json.dumps(meta, indent=2, default=str) + "\n")
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row and push it to the disk now, so that an interrupted run loses nothing."""
+        if self._results is None:
+            self._results = open(self.results_path, "a")
+        line = json.dumps({k: _jsonable(v) for k, v in row.items()}, default=str)
+        self._results.write(line + "\n")
+        self._results.flush()
+        os.fsync(self._results.fileno())
+
+    def close(self) -> None:
+        if self._results is not None:
+            self._results.close()
+            self._results = None
+
+
+def create_run(root: Path, run_id: str | None = None) -> RunFolder:
+    """A new, empty run folder under ``root``; two runs never share one."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the results folder {root}: {e.strerror}") from None
+    if not os.access(root, os.W_OK):
+        raise UserError(f"the results folder {root} is not writable")
+    run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    path = root / run_id
+    try:
+        path.mkdir()  # exclusive: fails if another run took the name
+    except FileExistsError:
+        raise UserError(f"run folder {path} already exists") from None
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {path}: {e.strerror}") from None
+    return RunFolder(path)
+
+
+def find_run(ref: str | Path | None, root: Path) -> Path:
+    """A run folder from a path, a run id under ``root``, or the latest run when None."""
+    if ref is None:
+        runs = sorted((p for p in root.glob("*/") if (p / META).exists()),
+                      key=lambda p: (p / META).stat().st_mtime) if root.is_dir() else []
+        if not runs:
+            raise UserError(f"no runs under {root}; run `flashbench run` first")
+        return runs[-1]
+    path = Path(ref)
+    if not path.exists() and (root / str(ref)).exists():
+        path = root / str(ref)
+    if path.is_file() and path.name == RESULTS:
+        path = path.parent
+    if not path.is_dir() or not (path / RESULTS).exists() and not (path / META).exists():
+        raise UserError(f"not a flashbench run folder: {ref}")
+    return path
+
+
+def read_meta(run: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run / META).read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"{run / META} is not valid JSON: {e.msg} at line {e.lineno}") from None
+
+
+def _iter_rows(path: Path) -> Iterator[dict[str, Any]]:
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # a torn last line: the writer died mid-row
+                print(f"warning: {path}:{number}: skipping a torn last line", file=sys.stderr)
+                continue
+            raise UserError(f"{path}:{number}: not a JSON object") from None
+
+
+def read_rows(run_or_file: Path) -> list[dict[str, Any]]:
+    """Every row of a run folder or a results.jsonl file."""
+    path = run_or_file / RESULTS if run_or_file.is_dir() else run_or_file
+    if not path.exists():
+        raise UserError(f"no results file at {path}")
+    return list(_iter_rows(path))

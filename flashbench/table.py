@@ -1,0 +1,117 @@
+"""Rows as tables: a flat pandas frame, and the Rich sweep table (cases down, backends across)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pandas as pd
+from rich.table import Table
+from rich.text import Text
+
+from flashbench.cases import CASE_FIELDS
+
+__all__ = ["failure_notes", "format_bytes", "results_frame", "sweep_table"]
+
+_SHAPE_FIELDS = tuple(f for f in CASE_FIELDS if f != "backend")
+_STATUS_MARK = {"unsupported": ("n/a", "dim"), "oom": ("OOM", "bold red"),
+                "error": ("error", "bold red"), "timeout": ("timeout", "bold red"),
+                "crash": ("crash", "bold red")}
+
+
+def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per result, every field flat (raw samples as a ';'-joined string)."""
+    frame = pd.DataFrame(list(rows))
+    if "samples_ms" in frame:
+        frame["samples_ms"] = frame["samples_ms"].map(
+            lambda s: ";".join(f"{x:.6g}" for x in s) if isinstance(s, list) else s)
+    return frame
+
+
+def format_bytes(n: float | None) -> str:
+    if n is None or pd.isna(n):
+        return "–"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _num(value: float | None) -> str:
+    """Three significant digits, grouped thousands: 612, 45.3, 0.0123."""
+    if value is None or pd.isna(value):
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _shape_label(field: str, value: Any) -> str:
+    if field == "causal":
+        return "causal" if value else "full"
+    return str(value)
+
+
+def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
+    """Cases down, backends across (median ms, TFLOP/s, GB/s, peak memory); fastest in bold."""
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    varying = [f for f in _SHAPE_FIELDS if len({r[f] for r in rows}) > 1]
+    # kv_len and kv_heads only earn a column where they differ from seq_len and heads.
+    if all(r["kv_len"] == r["seq_len"] for r in rows) and "kv_len" in varying:
+        varying.remove("kv_len")
+    if all(r["kv_heads"] == r["heads"] for r in rows) and "kv_heads" in varying:
+        varying.remove("kv_heads")
+    # Peak memory is a CUDA allocator figure: no column where no row has it (a CPU run).
+    metrics = [("ms", None), ("TFLOP/s", "tflops"), ("GB/s", "gbps"), ("mem", "peak_alloc_bytes")]
+    metrics = [(label, key) for label, key in metrics
+               if key is None or any(r.get(key) is not None for r in rows)]
+    fixed = [f for f in _SHAPE_FIELDS if f not in varying and rows]
+    subtitle = " ".join(f"{f}={_shape_label(f, rows[0][f])}" for f in fixed)
+    table = Table(title=f"{title}\n{subtitle}", title_justify="left", show_lines=False,
+                  caption="ms: median latency · mem: peak allocated beyond inputs · "
+                          "bold: fastest · ✗: result outside tolerance",
+                  caption_justify="left")
+    for f in varying:
+        table.add_column(f, justify="right", style="cyan")
+    for b in backends:
+        for label, _ in metrics:
+            table.add_column(f"{b}\n{label}", justify="right")
+
+    by_shape: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_shape.setdefault(tuple(r[f] for f in _SHAPE_FIELDS), {})[r["backend"]] = r
+    for key, cells in by_shape.items():
+        shape = dict(zip(_SHAPE_FIELDS, key))
+        timed = [r["median_ms"] for r in cells.values() if r["status"] == "ok"]
+        fastest = min(timed) if timed else None
+        line: list[Any] = [_shape_label(f, shape[f]) for f in varying]
+        for b in backends:
+            r = cells.get(b)
+            blank = [""] * (len(metrics) - 1)
+            if r is None:
+                line += ["", *blank]
+            elif r["status"] in ("ok", "mismatch"):
+                style = "bold green" if r["median_ms"] == fastest else ""
+                mark = " ✗" if r["status"] == "mismatch" else ""
+                cells_of = {"tflops": Text(_num(r["tflops"]), style=style),
+                            "gbps": _num(r["gbps"]),
+                            "peak_alloc_bytes": format_bytes(r["peak_alloc_bytes"])}
+                line += [Text(_ms(r["median_ms"]) + mark, style="bold red" if mark else style),
+                         *(cells_of[key] for _, key in metrics[1:])]
+            else:
+                text, style = _STATUS_MARK.get(r["status"], (r["status"], "red"))
+                line += [Text(text, style=style), *blank]
+        table.add_row(*line)
+    return table
+
+
+def failure_notes(rows: list[dict[str, Any]], limit: int = 12) -> list[str]:
+    """One line per distinct (backend, status, reason) of rows that did not pass."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for r in rows:
+        if r["status"] != "ok":
+            key = (r["backend"], r["status"], r.get("error") or "")
+            seen[key] = seen.get(key, 0) + 1
+    notes = [f"{b} {s} ×{n}: {e[:160]}" for (b, s, e), n in seen.items()]
+    return notes[:limit] + ([f"… and {len(notes) - limit} more"] if len(notes) > limit else [])

@@ -1,0 +1,144 @@
+"""NVML telemetry: the card's clocks, power, temperature, throttling and memory during a case.
+
+No NVML (no driver, no GPU) is not an error: every function here returns None or an empty
+summary, and the row's telemetry fields stay empty.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from typing import Any
+
+__all__ = ["TelemetrySampler", "decode_throttle", "memory_used_bytes", "nvml_handle", "nvml_module"]
+
+# nvmlClocksEventReasons bits (nvml.h); "gpu_idle" is left out of a case's summary because the
+# card idles between synchronizations of the timing loop, which is not throttling.
+_THROTTLE_BITS: dict[int, str] = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+
+_init_lock = threading.Lock()
+_initialized: bool | None = None
+
+
+def nvml_module():
+    """The pynvml module after nvmlInit, or None when NVML cannot start here."""
+    global _initialized
+    with _init_lock:
+        if _initialized is None:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                _initialized = True
+            except Exception:  # ImportError, or NVMLError when there is no driver: no telemetry
+                _initialized = False
+    if not _initialized:
+        return None
+    import pynvml
+
+    return pynvml
+
+
+def nvml_handle(uuid: str | None = None, index: int = 0) -> Any | None:
+    """The NVML handle of a GPU, by UUID when known (CUDA and NVML may number GPUs differently)."""
+    nvml = nvml_module()
+    if nvml is None:
+        return None
+    try:
+        if uuid:
+            return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        return nvml.nvmlDeviceGetHandleByIndex(index)
+    except nvml.NVMLError:
+        return None
+
+
+def memory_used_bytes(handle: Any | None) -> int | None:
+    nvml = nvml_module()
+    if handle is None or nvml is None:
+        return None
+    try:
+        return int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
+    except nvml.NVMLError:
+        return None
+
+
+def decode_throttle(mask: int) -> list[str]:
+    """Names of the clock-event reasons set in an NVML bit mask, gpu_idle excluded."""
+    names = [name for bit, name in _THROTTLE_BITS.items() if mask & bit and name != "gpu_idle"]
+    unknown = mask & ~sum(_THROTTLE_BITS)
+    if unknown:
+        names.append(f"unknown_0x{unknown:x}")
+    return names
+
+
+def _read(nvml, handle) -> dict[str, float | int]:
+    get_reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+        nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+    return {
+        "sm": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM),
+        "mem": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM),
+        "power": nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+        "temp": nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
+        "reasons": int(get_reasons(handle)),
+        "mem_util": nvml.nvmlDeviceGetUtilizationRates(handle).memory,
+    }
+
+
+class TelemetrySampler:
+    """Polls NVML on a background thread while a block runs; ``summary()`` gives row fields."""
+
+    EMPTY = {"sm_clock_mhz": None, "mem_clock_mhz": None, "power_w": None, "temp_c": None,
+             "throttle": None, "nvml_mem_util_pct": None}
+
+    def __init__(self, handle: Any | None, interval_s: float = 0.01):
+        self._handle = handle
+        self._interval = interval_s
+        self._samples: list[dict[str, float | int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> TelemetrySampler:
+        nvml = nvml_module()
+        if self._handle is not None and nvml is not None:
+            self._thread = threading.Thread(target=self._poll, args=(nvml,), daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _poll(self, nvml) -> None:
+        while True:
+            try:
+                self._samples.append(_read(nvml, self._handle))
+            except nvml.NVMLError:
+                return
+            if self._stop.wait(self._interval):
+                return
+
+    def summary(self) -> dict[str, Any]:
+        if not self._samples:
+            return dict(self.EMPTY)
+        mask = 0
+        for s in self._samples:
+            mask |= int(s["reasons"])
+        return {
+            "sm_clock_mhz": statistics.median(s["sm"] for s in self._samples),
+            "mem_clock_mhz": statistics.median(s["mem"] for s in self._samples),
+            "power_w": round(statistics.fmean(s["power"] for s in self._samples), 1),
+            "temp_c": max(s["temp"] for s in self._samples),
+            "throttle": ";".join(decode_throttle(mask)),
+            "nvml_mem_util_pct": round(statistics.fmean(s["mem_util"] for s in self._samples), 1),
+        }
