@@ -90,28 +90,31 @@ def run(
         config = "default" if _has_cuda(device) else "cpu"
     cfg = load_config(config, overrides)
 
-    from rich.console import Console
-
     from flashbench.runner import run_sweep
     from flashbench.table import failure_notes, sweep_table
 
     result = run_sweep(cfg, out, command=sys.argv, progress=progress)
     env = result.meta["environment"]
     where = env.get("gpu_name") or f"CPU ({env.get('cpu')})"
-    console = Console() if sys.stdout.isatty() else Console(width=250)
     if result.rows:
-        console.print(sweep_table(result.rows, title=f"flashbench {cfg.name} on {where}"))
-    err = Console(stderr=True)
+        _stdout().print(sweep_table(result.rows, title=f"flashbench {cfg.name} on {where}"))
     for note in failure_notes(result.rows):
-        err.print(f"[dim]{note}[/dim]", highlight=False)
+        typer.echo(note, err=True)
     counts: dict[str, int] = {}
     for r in result.rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    err.print(f"results: {result.run_dir} ({summary})", highlight=False)
+    typer.echo(f"results: {result.run_dir} ({summary})", err=True)
     if strict and any(r["status"] in ("error", "mismatch", "crash", "timeout")
                       for r in result.rows):
         raise typer.Exit(1)
+
+
+def _stdout():
+    """Rich console for data; wide when piped, so tables are not squeezed to 80 columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=250)
 
 
 def _has_cuda(device: Optional[str]) -> bool:
@@ -128,7 +131,6 @@ def list_backends(
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
 ) -> None:
     """Backends, whether each can run on this machine, and why not."""
-    from rich.console import Console
     from rich.table import Table
 
     from flashbench.measure import select_device
@@ -142,7 +144,7 @@ def list_backends(
     for b in registry().values():
         reason = b.unavailable(dev)
         table.add_row(b.name, b.family, "no" if reason else "yes", reason or "", b.description)
-    Console().print(table)
+    _stdout().print(table)
 
 
 @app.command()
@@ -160,13 +162,12 @@ def env(
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(show_header=False)
     for k, v in info.items():
         table.add_row(k, "–" if v is None else str(v))
-    Console().print(table)
+    _stdout().print(table)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,86 @@
+"""The command line through Typer's test runner: a real sweep on CPU, and bad input exiting 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from flashbench.cli import app
+from flashbench.measure import RESULT_FIELDS
+from flashbench.cases import CASE_FIELDS
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_run_writes_rows_meta_and_prints_the_table(tmp_path):
+    result = invoke("run", "--config", "cpu", "--backends", "naive,sdpa-math,sdpa-cudnn",
+                    "--seq-len", "24", "--kv-len", "40", "--no-progress", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 2  # backends x causal
+    for row in rows:
+        assert set(CASE_FIELDS) | set(RESULT_FIELDS) <= set(row)
+        assert (row["seq_len"], row["kv_len"], row["heads"], row["kv_heads"]) == (24, 40, 4, 2)
+    by_status = {(r["backend"], r["status"]) for r in rows}
+    assert by_status == {("naive", "ok"), ("sdpa-math", "ok"), ("sdpa-cudnn", "unsupported")}
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["rel_err"] < 1e-6 and r["n_samples"] >= 3 for r in ok)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["status"] == "completed" and meta["n_cases"] == 6
+    assert meta["config"]["seq_len"] == [24] and meta["environment"]["torch"]
+    assert meta["started_at"] and meta["finished_at"]
+    assert "naive" in result.stdout and "sdpa-math" in result.stdout
+    assert f"results: {run_dir}" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backends", "naive,flash3"], "unknown backend 'flash3'"),
+    (["--seq-len", "1k"], "--seq-len: '1k' is not an integer"),
+    (["--seq-len", "0"], "seq_len: must be between 1"),
+    (["--heads", "12", "--kv-heads", "8"], "must be a multiple of kv_heads"),
+    (["--dtype", "int8"], "dtype: 'int8' is not allowed"),
+    (["--config", "nosuch"], "unknown preset 'nosuch'"),
+    (["--config", "missing.yaml"], "config file not found: missing.yaml"),
+    (["--device", "cuda"], "no CUDA device is visible"),
+])
+def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, args, message):
+    out = tmp_path / "results"
+    result = invoke("run", "--config", "cpu", *args, "--out", out, "--no-progress")
+    if "--config" in args:  # the later --config wins
+        result = invoke("run", *args, "--out", out, "--no-progress")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_unwritable_results_path_exits_2(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = invoke("run", "--config", "cpu", "--backends", "naive", "--out", blocker / "sub",
+                    "--no-progress")
+    assert result.exit_code == 2
+    assert "cannot create the results folder" in result.stderr
+
+
+def test_list_and_env_describe_this_machine():
+    result = invoke("list", "--device", "cpu")
+    assert result.exit_code == 0
+    assert "sdpa-cudnn" in result.stdout and "needs a CUDA device" in result.stdout
+    result = invoke("env", "--json")
+    info = json.loads(result.stdout)
+    assert info["device"] == "cpu" and info["nvml"] is False and info["torch"]
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from flashbench.cli import app; "
+            "print(sorted(m for m in ('torch', 'pandas', 'triton', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

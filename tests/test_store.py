@@ -1,0 +1,52 @@
+"""Run folders: rows flushed one by one, torn last lines skipped, runs found by id or as latest."""
+
+import json
+import os
+
+import pytest
+
+from flashbench.errors import UserError
+from flashbench.store import create_run, find_run, read_meta, read_rows
+
+
+def test_rows_are_on_disk_as_soon_as_appended(tmp_path):
+    run = create_run(tmp_path, "r1")
+    run.write_meta({"status": "running"})
+    run.append({"backend": "naive", "median_ms": 1.5, "rel_err": float("nan")})
+    # Read back through another handle before close: nothing is buffered.
+    assert json.loads((run.path / "results.jsonl").read_text()) == {
+        "backend": "naive", "median_ms": 1.5, "rel_err": None}
+    run.close()
+    assert read_meta(run.path) == {"status": "running"}
+    assert not [p for p in os.listdir(run.path) if p.endswith(".tmp")]
+
+
+def test_two_runs_never_share_a_folder(tmp_path):
+    create_run(tmp_path, "same")
+    with pytest.raises(UserError, match="already exists"):
+        create_run(tmp_path, "same")
+    assert create_run(tmp_path).path != create_run(tmp_path).path
+
+
+def test_torn_last_line_is_skipped_with_a_warning(tmp_path, capsys):
+    f = tmp_path / "results.jsonl"
+    f.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "b"')
+    assert read_rows(f) == [{"a": 1}, {"a": 2}]
+    assert "torn last line" in capsys.readouterr().err
+    f.write_text('{"a": 1}\nnot json\n{"a": 3}\n')
+    with pytest.raises(UserError, match="results.jsonl:2"):
+        read_rows(f)
+
+
+def test_find_run_latest_by_id_and_refusals(tmp_path):
+    first = create_run(tmp_path, "a")
+    first.write_meta({})
+    second = create_run(tmp_path, "b")
+    second.write_meta({})
+    os.utime(first.meta_path, (1, 1))
+    assert find_run(None, tmp_path) == second.path
+    assert find_run("a", tmp_path) == first.path
+    with pytest.raises(UserError, match="not a flashbench run folder"):
+        find_run(tmp_path / "nothing", tmp_path)
+    with pytest.raises(UserError, match="no runs under"):
+        find_run(None, tmp_path / "empty")
