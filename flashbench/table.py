@@ -57,16 +57,15 @@ def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
     """Cases down, backends across (median ms, TFLOP/s, GB/s, peak memory); fastest in bold."""
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     varying = [f for f in _SHAPE_FIELDS if len({r[f] for r in rows}) > 1]
+    fixed = [f for f in _SHAPE_FIELDS if f not in varying and rows]
     # kv_len and kv_heads only earn a column where they differ from seq_len and heads.
-    if all(r["kv_len"] == r["seq_len"] for r in rows) and "kv_len" in varying:
-        varying.remove("kv_len")
-    if all(r["kv_heads"] == r["heads"] for r in rows) and "kv_heads" in varying:
-        varying.remove("kv_heads")
+    for derived, base in (("kv_len", "seq_len"), ("kv_heads", "heads")):
+        if derived in varying and all(r[derived] == r[base] for r in rows):
+            varying.remove(derived)
     # Peak memory is a CUDA allocator figure: no column where no row has it (a CPU run).
     metrics = [("ms", None), ("TFLOP/s", "tflops"), ("GB/s", "gbps"), ("mem", "peak_alloc_bytes")]
     metrics = [(label, key) for label, key in metrics
                if key is None or any(r.get(key) is not None for r in rows)]
-    fixed = [f for f in _SHAPE_FIELDS if f not in varying and rows]
     subtitle = " ".join(f"{f}={_shape_label(f, rows[0][f])}" for f in fixed)
     table = Table(title=f"{title}\n{subtitle}", title_justify="left", show_lines=False,
                   caption="ms: median latency · mem: peak allocated beyond inputs · "

@@ -1,0 +1,3 @@
+from flashbench.cli import app
+
+app()
