@@ -111,10 +111,10 @@ def run(
 
 
 def _stdout():
-    """Rich console for data; wide when piped, so tables are not squeezed to 80 columns."""
+    """Rich console for data; unbounded when piped, so wide tables are not squeezed or cut."""
     from rich.console import Console
 
-    return Console() if sys.stdout.isatty() else Console(width=250)
+    return Console() if sys.stdout.isatty() else Console(width=100_000)
 
 
 def _has_cuda(device: Optional[str]) -> bool:

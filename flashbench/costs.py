@@ -15,9 +15,10 @@ Conventions (the ones FlashAttention papers and tritonbench use):
   - ``flash`` (our Triton kernel, SDPA flash / efficient / cuDNN): read Q, K, V; write O and the
     fp32 log-sum-exp. S and P never leave the chip, so traffic grows with N, not N².
   - ``naive`` (kernels/naive.py, exactly as written there): Q·scale read and written once;
-    S = (Q·scale)·Kᵀ written in the input dtype; for causal, a masked_fill pass reads and writes S and reads the boolean mask; the
-    softmax reads S and writes P in fp32; for 16-bit inputs P is cast back (read fp32, write
-    16-bit); P·V reads P. Plus Q, K, V read and O written.
+    S = (Q·scale)·Kᵀ written in the input dtype; for causal, a masked_fill pass reads and
+    writes S and reads the boolean mask; for 16-bit inputs S is upcast (read 16-bit, write
+    fp32); the softmax reads S and writes P in fp32; for 16-bit inputs P is cast back (read
+    fp32, write 16-bit); P·V reads P. Plus Q, K, V read and O written.
   - ``math`` (SDPA's math backend): S and P materialized in fp32 (PyTorch upcasts 16-bit inputs
     for this backend), S written then read by the softmax, P written then read by P·V, plus a
     mask pass (read and write S, read an fp32 mask) when causal; Q, K, V read and O written in
@@ -113,7 +114,9 @@ def hbm_bytes(case: Case, algorithm: Algorithm) -> int | None:
         traffic += e * m  # S written by (Q·scale)·Kᵀ
         if case.causal:
             traffic += 2 * e * m + mask_elems  # masked_fill_ reads and writes S, reads the mask
-        traffic += e * m + 4 * m  # softmax reads S, writes P in fp32
+        if e != 4:
+            traffic += e * m + 4 * m  # S upcast to fp32
+        traffic += 4 * m + 4 * m  # softmax reads S, writes P, both fp32
         if e != 4:
             traffic += 4 * m + e * m  # P cast back to the input dtype
         traffic += e * m  # P·V reads P
@@ -129,14 +132,12 @@ def hbm_bytes(case: Case, algorithm: Algorithm) -> int | None:
 def materialized_peak_bytes(case: Case, algorithm: Algorithm) -> int:
     """Bytes a materializing algorithm holds at once beyond its inputs (0 for flash).
 
-    Used to refuse a case that cannot fit before trying it: naive holds S and the fp32 P during
-    the softmax, then the fp32 P and its cast copy (the same sum); math holds S and P in fp32.
+    Used to refuse a case that cannot fit before trying it: both hold S and P in fp32 at once
+    during the softmax (naive's 16-bit S copy is freed by then), 8 bytes per score.
     """
     m = _scores(case)
     e = DTYPE_BYTES[case.dtype]
     out = case.batch * case.heads * case.seq_len * case.head_dim * e
-    if algorithm == "naive":
-        return (e + 4) * m + out
-    if algorithm == "math":
+    if algorithm in ("naive", "math"):
         return 2 * 4 * m + out
     return 0

@@ -17,7 +17,7 @@ import torch
 from flashbench import costs
 from flashbench.backends import get_backend, torch_dtype
 from flashbench.cases import Case, Status
-from flashbench.reference import TOLERANCE, errors, reference_attention
+from flashbench.reference import REFERENCE_CHUNK_BYTES, TOLERANCE, errors, reference_attention
 from flashbench.telemetry import TelemetrySampler, memory_used_bytes
 from flashbench.timing import TimingPolicy, time_callable
 
@@ -83,7 +83,9 @@ def _predicted_oom(case: Case, device: torch.device) -> str | None:
     need = costs.materialized_peak_bytes(case, costs.algorithm_of(case.backend))
     if need == 0:
         return None
-    need += _input_bytes(case)
+    # Beside it: the inputs, and the reference's output and working chunk (see reference.py).
+    need += _input_bytes(case) + 4 * case.batch * case.heads * case.seq_len * case.head_dim
+    need += 2 * REFERENCE_CHUNK_BYTES  # its scores and their softmax
     free = _free_bytes(device)
     if need > 0.9 * free:
         return (f"not attempted: the materialized score matrices need {need / 2**30:.1f} GiB, "

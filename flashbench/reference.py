@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TOLERANCE", "errors", "reference_attention"]
+__all__ = ["REFERENCE_CHUNK_BYTES", "TOLERANCE", "errors", "reference_attention"]
 
 # Relative Frobenius error allowed per input dtype. 16-bit outputs carry rounding of about
 # 2^-9 (bf16) / 2^-12 (fp16) per element, plus P rounded to the input dtype before P·V in
 # every flash kernel; fp32 allows for TF32 matrix products (about 3e-4 relative).
 TOLERANCE: dict[str, float] = {"fp32": 2e-3, "fp16": 5e-3, "bf16": 2e-2}
 
-_CHUNK_SCORE_BYTES = 256 << 20  # bound the reference's own S matrix per chunk
+REFERENCE_CHUNK_BYTES = 256 << 20  # bound the reference's own S matrix per chunk
 
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
@@ -29,9 +29,10 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
         masked_out = (~keep).repeat(group, 1)
     out = torch.empty(qf.shape, dtype=dtype, device=q.device)
     per_slice = group * seq_len * kv_len * torch.finfo(dtype).bits // 8
-    step = max(1, _CHUNK_SCORE_BYTES // max(per_slice, 1))
+    step = max(1, REFERENCE_CHUNK_BYTES // max(per_slice, 1))
     for i in range(0, qf.shape[0], step):
-        s = torch.bmm(qf[i:i + step].to(dtype), kf[i:i + step].to(dtype).transpose(1, 2)) * scale
+        s = torch.bmm(qf[i:i + step].to(dtype), kf[i:i + step].to(dtype).transpose(1, 2))
+        s.mul_(scale)
         if masked_out is not None:
             s.masked_fill_(masked_out, float("-inf"))
         out[i:i + step] = torch.bmm(torch.softmax(s, dim=-1), vf[i:i + step].to(dtype))

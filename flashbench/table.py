@@ -28,12 +28,13 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def format_bytes(n: float | None) -> str:
+    """Compact binary units for table cells: 512K, 16.5M, 74.3G."""
     if n is None or pd.isna(n):
         return "–"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    for unit, size in (("G", 2**30), ("M", 2**20), ("K", 2**10)):
         if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
+            return f"{n / size:.1f}{unit}"
+    return f"{int(n)}B"
 
 
 def _num(value: float | None) -> str:
@@ -68,8 +69,8 @@ def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
                if key is None or any(r.get(key) is not None for r in rows)]
     subtitle = " ".join(f"{f}={_shape_label(f, rows[0][f])}" for f in fixed)
     table = Table(title=f"{title}\n{subtitle}", title_justify="left", show_lines=False,
-                  caption="ms: median latency · mem: peak allocated beyond inputs · "
-                          "bold: fastest · ✗: result outside tolerance",
+                  caption="ms: median latency · mem: peak allocated beyond the inputs "
+                          "(binary units) · bold: fastest · ✗: result outside tolerance",
                   caption_justify="left")
     for f in varying:
         table.add_column(f, justify="right", style="cyan")

@@ -73,7 +73,10 @@ def _time_cuda(fn: Callable[[], object], device, policy: TimingPolicy) -> list[f
     end.record()
     torch.cuda.synchronize(device)
     estimate_ms = max(start.elapsed_time(end), 1e-3)
+    # Warm up with the loop's own sequence (flush, call), so its first samples are not outliers.
     for _ in range(max(1, math.ceil(policy.warmup_ms / estimate_ms))):
+        if flush is not None:
+            flush.zero_()
         fn()
     torch.cuda.synchronize(device)
 

@@ -13,9 +13,9 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
             scale: float) -> Callable[[], torch.Tensor]:
     """Return a zero-argument callable computing softmax(Q·Kᵀ·scale)·V.
 
-    S = Q·Kᵀ·scale is written to memory, the causal mask applied in place, the softmax read S
-    and write P in fp32, and P·V read P: three round trips of an N×Nk matrix through HBM,
-    which is what the ``naive`` traffic model in flashbench.costs counts.
+    S = Q·Kᵀ·scale is written to memory, the causal mask applied in place, S upcast to fp32,
+    the softmax reads it and writes P in fp32, P is cast back, and P·V reads it: round trips of
+    N×Nk matrices through HBM that the ``naive`` traffic model in flashbench.costs counts.
     """
     batch, heads, seq_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
@@ -35,8 +35,11 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
         s = torch.bmm(q3 * scale, k3t)
         if masked_out is not None:
             s.masked_fill_(masked_out, float("-inf"))
-        p = torch.softmax(s, dim=-1, dtype=torch.float32)
-        del s  # free S before P's cast copy: the peak is S + P, not S + P + P
+        # An explicit fp32 copy of S, then the softmax: PyTorch's softmax(dtype=float32) makes
+        # the same copy internally for bf16, so this is what happens anyway, made visible.
+        s = s.float()
+        p = torch.softmax(s, dim=-1)
+        del s  # free S before P's cast copy: the peak is two fp32 N×Nk matrices, not three
         if p.dtype != v3.dtype:
             p = p.to(v3.dtype)
         return torch.bmm(p, v3).view(batch, heads, seq_len, head_dim)
