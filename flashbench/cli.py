@@ -93,7 +93,7 @@ def run(
     from flashbench.runner import run_sweep
     from flashbench.table import failure_notes, sweep_table
 
-    result = run_sweep(cfg, out, command=sys.argv, progress=progress)
+    result = run_sweep(cfg, out, command=["flashbench", *sys.argv[1:]], progress=progress)
     env = result.meta["environment"]
     where = env.get("gpu_name") or f"CPU ({env.get('cpu')})"
     if result.rows:

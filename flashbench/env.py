@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -16,7 +17,12 @@ __all__ = ["capture_environment", "git_commit"]
 
 
 def git_commit() -> str | None:
-    """The commit of the checkout flashbench runs from (None for an installed wheel)."""
+    """The commit of the checkout flashbench runs from (None for an installed wheel).
+
+    FLASHBENCH_GIT_COMMIT overrides it, for a copy of a checkout without its .git folder.
+    """
+    if os.environ.get("FLASHBENCH_GIT_COMMIT"):
+        return os.environ["FLASHBENCH_GIT_COMMIT"]
     here = Path(flashbench.__file__).resolve().parent
     try:
         out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
