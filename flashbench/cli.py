@@ -170,5 +170,138 @@ def env(
     _stdout().print(table)
 
 
+RESULTS_DIR = typer.Option(Path("results"), "--results-dir",
+                           help="Where run ids and the latest run are looked up.")
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        from flashbench.errors import did_you_mean
+
+        raise UserError(f"{flag}: {value!r} is not one of {', '.join(allowed)}"
+                        f"{did_you_mean(value, allowed)}")
+    return value
+
+
+def _write_output(text: str, output: Optional[Path]) -> None:
+    """To stdout, or to a file written whole (temporary file, then rename) or not at all."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    import os
+
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, output)
+    except OSError as e:
+        raise UserError(f"cannot write {output}: {e.strerror}") from None
+    typer.echo(f"wrote {output}", err=True)
+
+
+@app.command()
+@_user_errors_exit_2
+def compare(
+    runs: Optional[list[str]] = typer.Argument(
+        None, help="One run (backends side by side; default: the latest) or two runs (A vs B)."),
+    baseline_backend: Optional[str] = typer.Option(
+        None, help="Backend the speedups are against [default: the fastest SDPA backend per case]."),
+    fmt: str = typer.Option("table", "--format", help="table, csv, markdown or json."),
+    threshold: str = typer.Option("5%", help="For two runs: slowdown that counts (as in check)."),
+    results_dir: Path = RESULTS_DIR,
+) -> None:
+    """Backends side by side within a run, or the same cases of two runs side by side."""
+    _choice("--format", fmt, ("table", "csv", "markdown", "json"))
+    runs = runs or []
+    if len(runs) > 2:
+        raise UserError(f"compare takes one or two runs, got {len(runs)}")
+    from flashbench import compare as cmp
+    from flashbench import render
+    from flashbench.store import load_run
+
+    if len(runs) == 2:
+        from flashbench.check import parse_threshold
+
+        (a_rows, _, a_path), (b_rows, _, b_path) = (load_run(r, results_dir) for r in runs)
+        frame = cmp.compare_runs(a_rows, b_rows, threshold=parse_threshold(threshold))
+        display = render.runs_display(frame)
+        title = f"{b_path} against {a_path} (ratio = B/A, >1: B slower)"
+        caption = "verdicts as in flashbench check"
+    else:
+        rows, _, path = load_run(runs[0] if runs else None, results_dir)
+        present = sorted({r["backend"] for r in rows})
+        if baseline_backend is not None and baseline_backend not in present:
+            raise UserError(f"--baseline-backend: {baseline_backend!r} is not in {path}; "
+                            f"backends there: {', '.join(present)}")
+        frame = cmp.compare_backends(rows, baseline_backend)
+        display = render.backends_display(frame)
+        title = f"{path}: {render.fixed_shape(frame)}"
+        caption = render.LEGEND
+    if fmt == "table":
+        _stdout().print(render.to_rich(display, title, caption))
+    elif fmt == "csv":
+        _write_output(frame.to_csv(index=False), None)
+    elif fmt == "json":
+        _write_output(frame.to_json(orient="records", indent=1) + "\n", None)
+    else:
+        _write_output(f"{title}\n\n{render.markdown_table(display)}\n{caption}\n", None)
+
+
+@app.command()
+@_user_errors_exit_2
+def report(
+    run: Optional[str] = typer.Argument(None, help="Run folder, id or results file [default: latest]."),
+    fmt: str = typer.Option("csv", "--format", help="csv, markdown, json or html."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write [stdout]."),
+    plot: Optional[Path] = typer.Option(None, help="Also write PNG plots into this folder."),
+    results_dir: Path = RESULTS_DIR,
+) -> None:
+    """A run as CSV (every field, one row per case), Markdown, JSON or one self-contained HTML page."""
+    _choice("--format", fmt, ("csv", "markdown", "json", "html"))
+    from flashbench.report import render_report
+
+    from flashbench.store import load_run
+
+    rows, meta, _ = load_run(run, results_dir)
+    text, images = render_report(rows, meta, fmt, plot_dir=plot)
+    for image in images if plot else []:
+        typer.echo(f"plot: {image}", err=True)
+    _write_output(text, output)
+
+
+@app.command()
+@_user_errors_exit_2
+def check(
+    baseline: str = typer.Argument(..., help="Baseline run folder, id or results file."),
+    current: str = typer.Argument(..., help="Current run folder, id or results file."),
+    threshold: str = typer.Option("5%", help="Slowdown beyond which a significant change fails."),
+    summary: Optional[Path] = typer.Option(None, help="Write a Markdown summary here (CI job summary)."),
+    junit: Optional[Path] = typer.Option(None, help="Write JUnit XML here, one test per case."),
+    allow_missing: bool = typer.Option(False, help="Cases missing from CURRENT do not fail."),
+    allow_env_mismatch: bool = typer.Option(False, help="Compare runs from different GPU, driver or torch."),
+    results_dir: Path = RESULTS_DIR,
+) -> None:
+    """Fail (exit 1) on a real regression: slower beyond the threshold and significant, or a case that broke."""
+    from flashbench import check as gate
+    from flashbench import render
+
+    result = gate.run_check(baseline, current, root=results_dir,
+                            threshold=gate.parse_threshold(threshold),
+                            allow_missing=allow_missing, allow_env_mismatch=allow_env_mismatch)
+    if summary is not None:
+        _write_output(gate.summary_markdown(result), summary)
+    if junit is not None:
+        _write_output(gate.junit_xml(result), junit)
+    notable = result.frame[result.frame["verdict"] != "unchanged"]
+    counts = ", ".join(f"{n} {v}" for v, n in sorted(result.frame["verdict"].value_counts().items()))
+    if not notable.empty:
+        _stdout().print(render.to_rich(render.runs_display(notable),
+                                       f"{result.current} against {result.baseline}"))
+    verdict = "no regression" if result.passed else f"{len(result.failing)} failing case(s)"
+    typer.echo(f"check: {verdict} ({counts}; threshold {result.threshold:.1%})")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from flashbench.errors import UserError
 
-__all__ = ["RunFolder", "create_run", "find_run", "read_meta", "read_rows"]
+__all__ = ["RunFolder", "create_run", "find_run", "load_run", "read_meta", "read_rows"]
 
 META = "meta.json"
 RESULTS = "results.jsonl"
@@ -98,6 +98,8 @@ def find_run(ref: str | Path | None, root: Path) -> Path:
     path = Path(ref)
     if not path.exists() and (root / str(ref)).exists():
         path = root / str(ref)
+    if not path.exists():
+        raise UserError(f"no such run or results file: {ref}")
     if path.is_file() and path.name == RESULTS:
         path = path.parent
     if not path.is_dir() or not (path / RESULTS).exists() and not (path / META).exists():
@@ -134,3 +136,20 @@ def read_rows(run_or_file: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise UserError(f"no results file at {path}")
     return list(_iter_rows(path))
+
+
+def load_run(ref: str | Path | None, root: Path) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
+    """Rows, meta and location of a run folder, a run id, a results file, or the latest run.
+
+    A results file may stand alone (a committed baseline): its meta is the meta.json beside
+    it when there is one, else empty. A run without rows is bad input.
+    """
+    path = Path(ref) if ref is not None else None
+    if path is not None and path.is_file():
+        rows, meta = read_rows(path), read_meta(path.parent)
+    else:
+        path = find_run(ref, root)
+        rows, meta = read_rows(path), read_meta(path)
+    if not rows:
+        raise UserError(f"{path} has no results")
+    return rows, meta, path
