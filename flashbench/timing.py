@@ -62,6 +62,16 @@ def _flush_buffer(device):
     return _flush_buffers[key]
 
 
+_LAUNCH_AHEAD_S = 40e-6  # host time to queue one sample (flush, two events, one launch)
+
+
+def _gpu_sleep(device, seconds: float) -> None:
+    import torch
+
+    clock_khz = getattr(torch.cuda.get_device_properties(device), "clock_rate", 0) or 2_000_000
+    torch.cuda._sleep(int(min(seconds, 0.02) * clock_khz * 1e3))
+
+
 def _time_cuda(fn: Callable[[], object], device, policy: TimingPolicy) -> list[float]:
     import torch
 
@@ -87,6 +97,9 @@ def _time_cuda(fn: Callable[[], object], device, policy: TimingPolicy) -> list[f
     while not _should_stop(samples, started, policy):
         pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                  for _ in range(min(batch, policy.max_samples - len(samples)))]
+        # Hold the GPU busy while the CPU queues the batch: otherwise a short kernel's first
+        # samples time the host's launch latency, not the kernel.
+        _gpu_sleep(device, _LAUNCH_AHEAD_S * len(pairs))
         for s, e in pairs:
             if flush is not None:
                 flush.zero_()
