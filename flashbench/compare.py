@@ -20,6 +20,7 @@ __all__ = [
     "compare_backends",
     "compare_runs",
     "ratio_of_medians",
+    "timing_verdict",
 ]
 
 SHAPE_FIELDS: tuple[str, ...] = tuple(f for f in CASE_FIELDS if f != "backend")
@@ -109,6 +110,22 @@ def ratio_of_medians(baseline: list[float], current: list[float], *, confidence:
     return RatioEstimate(ratio, float(low), float(high))
 
 
+def timing_verdict(baseline: list[float], current: list[float], *, threshold: float,
+                   confidence: float = 0.99) -> tuple[str, RatioEstimate]:
+    """regression / improvement / unchanged for two sets of raw samples of one case.
+
+    A change counts only when it is both large (the ratio of medians beyond the threshold) and
+    real (the bootstrap interval excludes 1): noise alone rarely passes the second test, and
+    a small but real drift between runs (clocks, another driver) does not pass the first.
+    """
+    est = ratio_of_medians(baseline, current, confidence=confidence)
+    if est.ratio > 1 + threshold and est.low > 1:
+        return "regression", est
+    if est.ratio < 1 / (1 + threshold) and est.high < 1:
+        return "improvement", est
+    return "unchanged", est
+
+
 def _status_rank(status: str | None) -> int:
     """Lower is better; every status other than ok is a failure of the case."""
     return 0 if status == "ok" else 1
@@ -136,15 +153,10 @@ def compare_runs(base_rows: list[dict[str, Any]], cur_rows: list[dict[str, Any]]
         if a is None or b is None:
             record["verdict"] = "new" if a is None else "missing"
         elif a["status"] == "ok" and b["status"] == "ok" and a["samples_ms"] and b["samples_ms"]:
-            est = ratio_of_medians(a["samples_ms"], b["samples_ms"], confidence=confidence)
+            verdict, est = timing_verdict(a["samples_ms"], b["samples_ms"], threshold=threshold,
+                                          confidence=confidence)
             record.update(base_median_ms=a["median_ms"], current_median_ms=b["median_ms"],
-                          ratio=est.ratio, ci_low=est.low, ci_high=est.high)
-            if est.ratio > 1 + threshold and est.low > 1:
-                record["verdict"] = "regression"
-            elif est.ratio < 1 / (1 + threshold) and est.high < 1:
-                record["verdict"] = "improvement"
-            else:
-                record["verdict"] = "unchanged"
+                          ratio=est.ratio, ci_low=est.low, ci_high=est.high, verdict=verdict)
         elif _status_rank(b["status"]) > _status_rank(a["status"]):
             record["verdict"] = "status-regression"
         elif _status_rank(b["status"]) < _status_rank(a["status"]):

@@ -216,3 +216,18 @@ def test_ratio_interval_covers_truth_and_is_deterministic():
     est = ratio_of_medians(a.tolist(), b.tolist())
     assert est.low < 1.10 < est.high and est.low > 1.05
     assert ratio_of_medians(a.tolist(), b.tolist()) == est
+
+
+def test_gate_rarely_cries_wolf_and_catches_ten_percent():
+    # The figures in docs/check.md come from scripts/check_power.py; this is a small, fixed-seed
+    # version of its lognormal-3% row, 30 samples per side.
+    from flashbench.compare import timing_verdict
+
+    rng = np.random.default_rng(0)
+    def verdicts(slowdown, trials=100):
+        return [timing_verdict(rng.lognormal(0, 0.03, 30).tolist(),
+                               (rng.lognormal(0, 0.03, 30) * (1 + slowdown)).tolist(),
+                               threshold=0.05)[0] for _ in range(trials)]
+    assert verdicts(0.0).count("regression") == 0
+    assert verdicts(0.10).count("regression") == 100
+    assert verdicts(-0.10).count("improvement") == 100
