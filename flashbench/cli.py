@@ -292,6 +292,8 @@ def check(
         _write_output(gate.summary_markdown(result), summary)
     if junit is not None:
         _write_output(gate.junit_xml(result), junit)
+    for note in result.env_notes:
+        typer.echo(f"note: {note}", err=True)
     notable = result.frame[result.frame["verdict"] != "unchanged"]
     counts = ", ".join(f"{n} {v}" for v, n in sorted(result.frame["verdict"].value_counts().items()))
     if not notable.empty:

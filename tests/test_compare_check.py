@@ -193,14 +193,22 @@ def test_latest_run_is_the_default(tmp_path):
 
 
 def test_aa_two_real_cpu_runs_of_one_config(tmp_path):
-    # Real timings: two runs of one config on this machine. A CPU shared with other work drifts
-    # more than a GPU between runs, so the gate is given a wider threshold here.
-    args = ["run", "--config", "cpu", "--backends", "naive,sdpa-math", "--seq-len", "64",
-            "--no-progress", "--out", tmp_path, "--budget-ms", "100"]
-    assert invoke(*args).exit_code == 0
-    assert invoke(*args).exit_code == 0
+    # Real timings: two runs of one config on this machine. One intra-op thread, because
+    # OpenMP threads spinning against any other process on a 2-core machine swing CPU timings
+    # by orders of magnitude; and a wider threshold than a GPU needs, for a shared CPU's drift.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = ["run", "--config", "cpu", "--backends", "naive,sdpa-math", "--seq-len", "128",
+                "--no-progress", "--out", tmp_path, "--budget-ms", "300"]
+        assert invoke(*args).exit_code == 0
+        assert invoke(*args).exit_code == 0
+    finally:
+        torch.set_num_threads(threads)
     first, second = sorted(tmp_path.iterdir())
-    result = invoke("check", first, second, "--threshold", "50%")
+    result = invoke("check", first, second, "--threshold", "25%")
     assert result.exit_code == 0, result.stdout
 
 

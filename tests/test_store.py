@@ -46,7 +46,10 @@ def test_find_run_latest_by_id_and_refusals(tmp_path):
     os.utime(first.meta_path, (1, 1))
     assert find_run(None, tmp_path) == second.path
     assert find_run("a", tmp_path) == first.path
-    with pytest.raises(UserError, match="not a flashbench run folder"):
+    with pytest.raises(UserError, match="no such run or results file"):
         find_run(tmp_path / "nothing", tmp_path)
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(UserError, match="not a flashbench run folder"):
+        find_run(tmp_path / "plain", tmp_path)
     with pytest.raises(UserError, match="no runs under"):
         find_run(None, tmp_path / "empty")

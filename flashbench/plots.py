@@ -1,0 +1,230 @@
+"""Run plots as PNG files: latency, TFLOP/s, peak memory and decode bandwidth against length."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+# Figure plus the Agg canvas, not pyplot: no global backend switch, no figure registry to leak
+# into, and it works headless. The CLI must import this module only inside a command.
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
+
+from flashbench.config import BUILTIN_BACKENDS
+
+__all__ = ["make_plots"]
+
+DPI = 110
+_PANEL_W, _PANEL_H = 5.2, 3.6  # inches per facet
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+# Shape fields that split a figure into facets when they vary; head_dim and causal always do.
+_FACET_FIELDS = ("mode", "dtype", "batch", "heads", "kv_heads", "head_dim", "causal")
+
+
+def _backend_colors(backends: list[str]) -> dict[str, str]:
+    """A fixed colour per built-in backend (the same in every run), then the rest in order."""
+    colors = {b: _PALETTE[i] for i, b in enumerate(BUILTIN_BACKENDS)}
+    extra = [b for b in dict.fromkeys(backends) if b not in colors]
+    for i, b in enumerate(extra):
+        colors[b] = _PALETTE[(len(BUILTIN_BACKENDS) + i) % len(_PALETTE)]
+    present = set(backends)
+    return {b: c for b, c in colors.items() if b in present}  # legend order: as registered
+
+
+def _line_style(colors: dict[str, str], backend: str) -> dict[str, Any]:
+    # A marker as well as a colour, so that overlapping lines and grey prints stay apart.
+    marker = _MARKERS[list(colors).index(backend) % len(_MARKERS)]
+    return {"color": colors[backend], "marker": marker, "markersize": 4.5, "linewidth": 1.6,
+            "label": backend}
+
+
+def _timed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a median latency (ok and mismatch), numeric columns coerced (None -> NaN)."""
+    if frame.empty or "median_ms" not in frame:
+        return frame.iloc[0:0]
+    out = frame.copy()
+    for col in ("median_ms", "tflops", "gbps", "peak_alloc_bytes", "seq_len", "kv_len"):
+        if col in out:
+            out[col] = pd.to_numeric(out[col], errors="coerce")
+    return out[out["median_ms"].notna()]
+
+
+def _length_label(n: float, _pos: Any = None) -> str:
+    """Token counts as 512, 1k, 8k, 1.5k (binary thousands, as sweeps are powers of two)."""
+    if n >= 1024 and n % 256 == 0:
+        return f"{n / 1024:g}k"
+    return f"{n:g}"
+
+
+def _bytes_label(n: float, _pos: Any = None) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n:g} B"
+
+
+def _plain_label(v: float, _pos: Any = None) -> str:
+    return f"{v:g}"
+
+
+def _facet_title(key: dict[str, Any], varying: list[str]) -> str:
+    parts = [f"D={key['head_dim']}", "causal" if key["causal"] else "full"]
+    labels = {"dtype": "{}", "mode": "{}", "batch": "B={}", "heads": "H={}", "kv_heads": "Hkv={}"}
+    parts += [labels[f].format(key[f]) for f in _FACET_FIELDS if f in labels and f in varying]
+    return " ".join(parts)
+
+
+def _fixed_subtitle(frame: pd.DataFrame, varying: list[str]) -> str:
+    labels = {"mode": "{}", "dtype": "{}", "batch": "B={}", "heads": "H={}", "kv_heads": "Hkv={}"}
+    if "kv_heads" in frame and "heads" in frame and (frame["kv_heads"] == frame["heads"]).all():
+        labels.pop("kv_heads")  # not GQA: Hkv would repeat H
+    return " ".join(labels[f].format(frame[f].iloc[0]) for f in labels
+                    if f in frame and f not in varying)
+
+
+def _facets(frame: pd.DataFrame, extra: tuple[str, ...] = ()
+            ) -> tuple[list[tuple[dict[str, Any], pd.DataFrame]], list[str]]:
+    """Groups of rows, one per facet, in (other fields, head_dim, causal) order."""
+    fields = [f for f in (*_FACET_FIELDS, *extra) if f in frame]
+    varying = [f for f in fields if frame[f].nunique() > 1]
+    keys = [f for f in fields if f in varying or f in ("head_dim", "causal", *extra)]
+    # causal last, so that a two-column grid puts full and causal side by side.
+    keys = [f for f in keys if f != "causal"] + ["causal"]
+    groups = [(dict(zip(keys, k)), g) for k, g in frame.groupby(keys, sort=True)]
+    return groups, varying
+
+
+def _grid(n: int, n_causal: int) -> tuple[int, int]:
+    cols = n_causal if n_causal == 2 else min(n, 3)
+    return math.ceil(n / cols), cols
+
+
+def _log2_x(ax: Axes, values: list[float]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(values))))
+    ax.xaxis.set_major_formatter(FuncFormatter(_length_label))
+    ax.xaxis.set_minor_locator(NullLocator())
+    lo, hi = min(values), max(values)
+    if lo == hi:  # one point: give it room instead of a degenerate axis
+        lo, hi = lo / 1.5, hi * 1.5
+    ax.set_xlim(lo / 2**0.25, hi * 2**0.25)
+
+
+def _log_y(ax: Axes, formatter: Callable[[float, Any], str], base: float = 10) -> None:
+    """Log y with labelled powers of ``base``; call it after the lines are drawn."""
+    ax.set_yscale("log", base=base)
+    ax.yaxis.set_major_locator(LogLocator(base=base, numticks=8))
+    ax.yaxis.set_major_formatter(FuncFormatter(formatter))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    lo, hi = ax.get_ylim()
+    # Data within less than two powers of the base would leave the axis with one labelled
+    # tick or none (a CPU run of one length): widen it to the enclosing powers.
+    if math.floor(math.log(hi, base)) - math.ceil(math.log(lo, base)) < 1:
+        below = math.floor(math.log(lo, base))
+        ax.set_ylim(base**below, base**max(math.ceil(math.log(hi, base)), below + 1))
+        if base == 10:  # a decade or two: label 2 and 5 times the powers as well
+            ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+            ax.yaxis.set_minor_formatter(FuncFormatter(formatter))
+
+
+def _figure(frame: pd.DataFrame, *, x: str, y: str, gpu_name: str, title: str, xlabel: str,
+            ylabel: str, colors: dict[str, str], style_axes: Callable[[Axes], None],
+            extra_facets: tuple[str, ...] = (), positive_only: bool = False,
+            facet_prefix: Callable[[dict[str, Any]], str] | None = None) -> Figure | None:
+    data = frame[frame[y].notna()]
+    if positive_only:  # log axes cannot show zero or less
+        data = data[data[y] > 0]
+    if data.empty:
+        return None
+    groups, varying = _facets(data, extra_facets)
+    rows, cols = _grid(len(groups), data["causal"].nunique())
+    # Constrained layout makes room for the suptitle and the legend outside the panels.
+    fig = Figure(figsize=(_PANEL_W * cols, _PANEL_H * rows + 1.0), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    backends = [b for b in colors if b in set(data["backend"])]
+    for ax, (key, g) in zip(axes.flat, groups):
+        for b in backends:
+            line = g[g["backend"] == b].sort_values(x)
+            if line.empty:
+                continue
+            ax.plot(line[x], line[y], **_line_style(colors, b))
+        _log2_x(ax, list(g[x]))
+        style_axes(ax)
+        prefix = facet_prefix(key) if facet_prefix else ""
+        ax.set_title(prefix + _facet_title(key, varying), fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    subtitle = _fixed_subtitle(data, varying)
+    fig.suptitle(f"{title} on {gpu_name}" + (f"\n{subtitle}" if subtitle else ""), fontsize=12)
+    handles = [Line2D([], [], **_line_style(colors, b)) for b in backends]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7),
+               fontsize=9, frameon=False)
+    return fig
+
+
+def _query_tokens(key: dict[str, Any]) -> str:
+    n = key["seq_len"]
+    return f"{n} query token{'s' * (n != 1)} · "
+
+
+def make_plots(frame: pd.DataFrame, out_dir: Path, gpu_name: str) -> list[Path]:
+    """Write latency, TFLOP/s, memory and decode PNGs into ``out_dir``; return those written.
+
+    Only rows with a median are drawn. memory.png needs allocator figures (none on a CPU run)
+    and decode.png needs decode shapes; each is skipped when there is nothing to draw.
+    """
+    data = _timed(frame)
+    if data.empty:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    colors = _backend_colors(list(data["backend"]))
+    prefill = data[data["seq_len"] == data["kv_len"]]
+    decode = data[(data["seq_len"] < data["kv_len"]) & (data["seq_len"] <= 16)]
+    length = "sequence length N (tokens)"
+
+    def linear_from_zero(ax: Axes) -> None:
+        ax.set_ylim(bottom=0)
+
+    figures: dict[str, Figure | None] = {}
+    if not prefill.empty:
+        figures["latency.png"] = _figure(
+            prefill, x="seq_len", y="median_ms", gpu_name=gpu_name, colors=colors,
+            title="Median latency", xlabel=length, ylabel="median latency (ms, log)",
+            style_axes=lambda ax: _log_y(ax, _plain_label), positive_only=True)
+        figures["tflops.png"] = _figure(
+            prefill, x="seq_len", y="tflops", gpu_name=gpu_name, colors=colors,
+            title="Throughput", xlabel=length, ylabel="TFLOP/s (at the median)",
+            style_axes=linear_from_zero)
+        # Powers of two on the byte axis, so that gridlines land on whole MiB and GiB.
+        figures["memory.png"] = _figure(
+            prefill, x="seq_len", y="peak_alloc_bytes", gpu_name=gpu_name, colors=colors,
+            title="Peak memory beyond the inputs", xlabel=length,
+            ylabel="peak allocated beyond inputs (log)", positive_only=True,
+            style_axes=lambda ax: _log_y(ax, _bytes_label, 2))
+    if not decode.empty:
+        figures["decode.png"] = _figure(
+            decode, x="kv_len", y="gbps", gpu_name=gpu_name, colors=colors,
+            title="Decode bandwidth (modelled HBM traffic)", xlabel="KV length (tokens)",
+            ylabel="GB/s (modelled traffic / median)", style_axes=linear_from_zero,
+            extra_facets=("seq_len",), facet_prefix=_query_tokens)
+
+    written = []
+    for name, fig in figures.items():
+        if fig is None:
+            continue
+        path = out_dir / name
+        fig.savefig(path, dpi=DPI, facecolor="white")
+        written.append(path)
+    return written
