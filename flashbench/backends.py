@@ -60,7 +60,7 @@ def _triton_unsupported(case: Case) -> str | None:
 def _triton_prepare(q, k, v, *, causal: bool, scale: float) -> Callable[[], torch.Tensor]:
     from flashbench.kernels import triton_flash
 
-    return lambda: triton_flash.attention_forward(q, k, v, causal=causal, scale=scale)[0]
+    return triton_flash.prepare(q, k, v, causal=causal, scale=scale)
 
 
 def _sdpa_unavailable(name: str) -> Callable[[torch.device], str | None]:

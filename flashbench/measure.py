@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import time
 import warnings
 from typing import Any
 
@@ -28,7 +29,7 @@ RESULT_FIELDS: tuple[str, ...] = (
     "median_ms", "mean_ms", "std_ms", "min_ms", "p20_ms", "p80_ms", "n_samples",
     "flops", "tflops", "hbm_bytes", "gbps",
     "peak_alloc_bytes", "peak_reserved_bytes", "nvml_used_bytes",
-    "max_abs_err", "rel_err",
+    "max_abs_err", "rel_err", "setup_ms",
     "sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "throttle", "nvml_mem_util_pct",
 )
 
@@ -160,7 +161,12 @@ def _measure_into(row: dict[str, Any], case: Case, backend, device: torch.device
     scale = 1.0 / math.sqrt(case.head_dim)
     ref_dtype = torch.float32 if device.type == "cuda" else torch.float64
     ref = reference_attention(q, k, v, causal=case.causal, scale=scale, dtype=ref_dtype)
+    # Preparing may autotune and compile (our Triton kernel): timed apart from the samples.
+    started = time.perf_counter()
     fn = backend.prepare(q, k, v, causal=case.causal, scale=scale)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    row["setup_ms"] = (time.perf_counter() - started) * 1e3
 
     # Peak memory of one call beyond the inputs (and the reference, already resident).
     cuda = device.type == "cuda"

@@ -149,7 +149,7 @@ def test_scale_is_applied(scale: float) -> None:
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_tile_shapes(monkeypatch: pytest.MonkeyPatch, block_m: int, block_n: int, causal: bool) -> None:
     # The tile split into unmasked and masked loops must hold for the GPU tile shapes too, including BLOCK_N > BLOCK_M.
-    config = triton_flash._LaunchConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=2)
+    config = triton_flash.LaunchConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=2)
     monkeypatch.setattr(triton_flash, "_launch_config", lambda *_: config)
     _check(*_inputs(1, 2, 1, 150, 203, 64, F32), causal=causal)
 

@@ -1,0 +1,89 @@
+"""Autotuning: time a kernel's candidate launch configurations once, remember the winner on disk.
+
+The cache is one JSON file (``$FLASHBENCH_CACHE_DIR`` or ``$XDG_CACHE_HOME/flashbench`` or
+``~/.cache/flashbench``, file ``tuning.json``) keyed by whatever the kernel says identifies a
+shape class (GPU, triton version, head dim, dtype, causal, a length bucket), so a sweep tunes
+once per class and two runs on one machine use the same kernel. Tuning happens when a backend
+is prepared, outside every timed sample; flashbench reports its time as the row's setup_ms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+__all__ = ["cache_path", "tune"]
+
+C = TypeVar("C")
+_REPS = 10  # timed calls per candidate: enough to rank configurations a few percent apart
+
+
+def cache_path() -> Path:
+    root = os.environ.get("FLASHBENCH_CACHE_DIR")
+    if root:
+        return Path(root) / "tuning.json"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "flashbench" / "tuning.json"
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # no cache yet, or a damaged one: tune again
+
+
+def _store(path: Path, key: str, value: Any) -> None:
+    entries = _load(path) | {key: value}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home only costs re-tuning next time
+
+
+def _median_ms(fn: Callable[[], Any]) -> float:
+    import torch
+
+    fn()  # compile and warm up
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(_REPS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def tune(key: str, candidates: Sequence[C], make: Callable[[C], Callable[[], Any]],
+         encode: Callable[[C], Any], decode: Callable[[Any], C],
+         measure: Callable[[Callable[[], Any]], float] = _median_ms) -> tuple[C, float]:
+    """The fastest candidate for ``key`` and the seconds spent choosing it (0 when cached).
+
+    ``make(candidate)`` returns a zero-argument call of the kernel under that configuration;
+    a candidate that fails to compile or run (too much shared memory, say) is skipped.
+    """
+    path = cache_path()
+    hit = _load(path).get(key)
+    if hit is not None:
+        return decode(hit), 0.0
+    started = time.perf_counter()
+    timed: list[tuple[float, C]] = []
+    for candidate in candidates:
+        try:
+            timed.append((measure(make(candidate)), candidate))
+        except Exception:  # noqa: BLE001 - a configuration this GPU cannot run is not a result
+            continue
+    if not timed:
+        raise RuntimeError(f"no launch configuration ran for {key}")
+    best = min(timed, key=lambda t: t[0])[1]
+    _store(path, key, encode(best))
+    return best, time.perf_counter() - started
