@@ -19,6 +19,7 @@ __all__ = ["cache_path", "tune"]
 
 C = TypeVar("C")
 _REPS = 10  # timed calls per candidate: enough to rank configurations a few percent apart
+_MIN_TUNE_MS = 20.0
 
 
 def cache_path() -> Path:
@@ -48,18 +49,22 @@ def _store(path: Path, key: str, value: Any) -> None:
 
 
 def _median_ms(fn: Callable[[], Any]) -> float:
+    """Median of at least _REPS timed calls and at least _MIN_TUNE_MS of them: a tiny kernel
+    gets enough calls that launch jitter cannot rank a slow configuration first."""
     import torch
 
     fn()  # compile and warm up
     torch.cuda.synchronize()
-    times = []
-    for _ in range(_REPS):
+    times: list[float] = []
+    while len(times) < _REPS or sum(times) < _MIN_TUNE_MS:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
+        if len(times) >= 1000:
+            break
     return sorted(times)[len(times) // 2]
 
 
