@@ -91,14 +91,6 @@ class SweepConfig(BaseModel):
                 raise ValueError(f"must be between 1 and {limit}, got {v}")
         return values
 
-    @field_validator("mode")
-    @classmethod
-    def _implemented_modes(cls, modes: list[Mode]) -> list[Mode]:
-        for m in modes:
-            if m is not Mode.FWD:
-                raise ValueError(f"mode {m.value!r} is not implemented yet; allowed: fwd")
-        return modes
-
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
     """The first problem, as one line naming the field and what is allowed."""

@@ -24,6 +24,10 @@ Conventions (the ones FlashAttention papers and tritonbench use):
     mask pass (read and write S, read an fp32 mask) when causal; Q, K, V read and O written in
     the input dtype. PyTorch's extra elementwise passes over Q, K, V (upcast, scaling) are not
     counted: they are O(N·D), small beside the O(N²) terms.
+* Backward (``bwd``): flash algorithms read Q, K, V, O, dO and the LSE and write dQ, dK, dV,
+  recomputing S and P on chip; materializing ones add seven fp32 passes over the N×Nk
+  matrices (P read for dV and for dS, dP written and read, dS written and read twice).
+  ``fwd_bwd`` is the forward's bytes plus the backward's.
 """
 
 from __future__ import annotations
@@ -99,10 +103,29 @@ def _scores(case: Case) -> int:
     return case.batch * case.heads * case.seq_len * case.kv_len
 
 
-def hbm_bytes(case: Case, algorithm: Algorithm) -> int | None:
-    """Modelled device-memory bytes of a forward pass; None where no model exists yet."""
-    if case.mode is not Mode.FWD:
-        return None
+def hbm_bytes(case: Case, algorithm: Algorithm) -> int:
+    """Modelled device-memory bytes of the case's mode (see the module docstring)."""
+    if case.mode is Mode.FWD:
+        return _forward_bytes(case, algorithm)
+    backward = _backward_bytes(case, algorithm)
+    return backward if case.mode is Mode.BWD else _forward_bytes(case, algorithm) + backward
+
+
+def _backward_bytes(case: Case, algorithm: Algorithm) -> int:
+    e = DTYPE_BYTES[case.dtype]
+    q_or_o = case.batch * case.heads * case.seq_len * case.head_dim
+    k_or_v = case.batch * case.kv_heads * case.kv_len * case.head_dim
+    # Read Q, K, V, O, dO; write dQ, dK, dV; plus the fp32 LSE read.
+    io = e * (3 * q_or_o + 2 * k_or_v) + e * (q_or_o + 2 * k_or_v)
+    io += LSE_BYTES * case.batch * case.heads * case.seq_len
+    if algorithm == "flash":
+        return io
+    # Materialized: dV = Pᵀ·dO reads P; dP = dO·Vᵀ is written; dS = P∘(dP − δ) reads P and dP
+    # and writes dS; dQ = dS·K and dK = dSᵀ·Q read dS twice: seven fp32 passes over N×Nk.
+    return io + 7 * 4 * _scores(case)
+
+
+def _forward_bytes(case: Case, algorithm: Algorithm) -> int:
     e = DTYPE_BYTES[case.dtype]
     m = _scores(case)
     mask_elems = (case.heads // case.kv_heads) * case.seq_len * case.kv_len

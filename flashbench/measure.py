@@ -17,8 +17,9 @@ import torch
 
 from flashbench import costs
 from flashbench.backends import get_backend, torch_dtype
-from flashbench.cases import Case, Status
-from flashbench.reference import REFERENCE_CHUNK_BYTES, TOLERANCE, errors, reference_attention
+from flashbench.cases import Case, Mode, Status
+from flashbench.reference import (REFERENCE_CHUNK_BYTES, TOLERANCE, errors, reference_attention,
+                                  reference_gradients)
 from flashbench.telemetry import TelemetrySampler, memory_used_bytes
 from flashbench.timing import TimingPolicy, time_callable
 
@@ -155,20 +156,51 @@ def _first_call(fn, backend_name: str) -> torch.Tensor:
             raise
 
 
+def _mode_call(fn, mode: Mode, inputs: tuple[torch.Tensor, ...], dout: torch.Tensor | None):
+    """The timed call of a mode: the forward; forward and backward; or the backward alone,
+    replayed from one saved forward graph (retain_graph), so its samples hold no forward."""
+    if mode is Mode.FWD:
+        return fn
+    if mode is Mode.FWD_BWD:
+        return lambda: torch.autograd.grad(fn(), inputs, dout)
+    out = fn()
+    return lambda: torch.autograd.grad(out, inputs, dout, retain_graph=True)
+
+
+def _worst_errors(results: tuple[torch.Tensor, ...], refs: tuple[torch.Tensor, ...]) -> tuple[float, float]:
+    pairs = [errors(r, ref) for r, ref in zip(results, refs)]
+    if any(math.isnan(rel) for _, rel in pairs):
+        return float("nan"), float("nan")
+    return max(a for a, _ in pairs), max(rel for _, rel in pairs)
+
+
 def _measure_into(row: dict[str, Any], case: Case, backend, device: torch.device,
                   policy: TimingPolicy, nvml_handle: Any | None) -> None:
     q, k, v = _make_inputs(case, device)
     scale = 1.0 / math.sqrt(case.head_dim)
     ref_dtype = torch.float32 if device.type == "cuda" else torch.float64
-    ref = reference_attention(q, k, v, causal=case.causal, scale=scale, dtype=ref_dtype)
+    dout = None
+    if case.mode is Mode.FWD:
+        refs: tuple[torch.Tensor, ...] = (
+            reference_attention(q, k, v, causal=case.causal, scale=scale, dtype=ref_dtype),)
+    else:
+        gen = torch.Generator(device=device).manual_seed(case.seed + 1)
+        dout = torch.randn(q.shape, generator=gen, device=device, dtype=q.dtype)
+        # Gradients are checked, the forward's output is checked by the fwd mode.
+        refs = reference_gradients(q, k, v, dout, causal=case.causal, scale=scale,
+                                   dtype=ref_dtype)[1:]
+        for t in (q, k, v):
+            t.requires_grad_()
     # Preparing may autotune and compile (our Triton kernel): timed apart from the samples.
     started = time.perf_counter()
     fn = backend.prepare(q, k, v, causal=case.causal, scale=scale)
+    run = _mode_call(fn, case.mode, (q, k, v), dout)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row["setup_ms"] = (time.perf_counter() - started) * 1e3
 
-    # Peak memory of one call beyond the inputs (and the reference, already resident).
+    # Peak memory of one call beyond what is resident: inputs, the reference, and for bwd the
+    # saved forward state.
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
@@ -176,7 +208,7 @@ def _measure_into(row: dict[str, Any], case: Case, backend, device: torch.device
         base_alloc = torch.cuda.memory_allocated(device)
         base_reserved = torch.cuda.memory_reserved(device)
         base_nvml = memory_used_bytes(nvml_handle)
-    out = _first_call(fn, case.backend)
+    result = _first_call(run, case.backend)
     if cuda:
         torch.cuda.synchronize(device)
         row["peak_alloc_bytes"] = torch.cuda.max_memory_allocated(device) - base_alloc
@@ -191,13 +223,14 @@ def _measure_into(row: dict[str, Any], case: Case, backend, device: torch.device
     else:
         row["resolved_backend"] = case.backend
 
-    max_abs, rel = errors(out, ref)
+    results = (result,) if case.mode is Mode.FWD else tuple(result)
+    max_abs, rel = _worst_errors(results, refs)
     row.update(max_abs_err=max_abs, rel_err=rel)
     ok = rel <= TOLERANCE[case.dtype]  # False for NaN as well
-    del out, ref
+    del result, results, refs
 
     with TelemetrySampler(nvml_handle) as sampler:
-        samples, timer = time_callable(fn, device, policy)
+        samples, timer = time_callable(run, device, policy)
     row.update(sampler.summary())
     _fill_timing(row, samples, timer)
     if ok:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["REFERENCE_CHUNK_BYTES", "TOLERANCE", "errors", "reference_attention"]
+__all__ = ["REFERENCE_CHUNK_BYTES", "TOLERANCE", "errors", "reference_attention",
+           "reference_gradients"]
 
 # Relative Frobenius error allowed per input dtype. 16-bit outputs carry rounding of about
 # 2^-9 (bf16) / 2^-12 (fp16) per element, plus P rounded to the input dtype before P·V in
@@ -47,3 +48,36 @@ def errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     max_abs = diff.abs().max().item()
     rel = (torch.linalg.vector_norm(diff) / torch.linalg.vector_norm(ref).clamp_min(1e-30)).item()
     return max_abs, rel
+
+
+def reference_gradients(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, *,
+                        causal: bool, scale: float, dtype: torch.dtype
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(out, dq, dk, dv) in ``dtype`` by autograd, one KV head (and its query group) at a time.
+
+    A KV head and its query heads form an independent sub-problem, so each chunk's dK and dV
+    are complete and the reference's own S and P stay the size of one chunk.
+    """
+    batch, heads, seq_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    group = heads // kv_heads
+    qf = q.detach().reshape(batch * kv_heads, group * seq_len, head_dim)
+    kf = k.detach().reshape(batch * kv_heads, kv_len, head_dim)
+    vf = v.detach().reshape(batch * kv_heads, kv_len, head_dim)
+    df = dout.detach().reshape(batch * kv_heads, group * seq_len, head_dim)
+    masked_out = None
+    if causal:
+        keep = torch.ones(seq_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - seq_len)
+        masked_out = (~keep).repeat(group, 1)
+    results = [torch.empty(t.shape, dtype=dtype, device=q.device) for t in (qf, qf, kf, vf)]
+    for i in range(qf.shape[0]):
+        qi, ki, vi = (t[i].to(dtype).requires_grad_() for t in (qf, kf, vf))
+        s = qi @ ki.T * scale
+        if masked_out is not None:
+            s = s.masked_fill(masked_out, float("-inf"))
+        out = torch.softmax(s, dim=-1) @ vi
+        grads = torch.autograd.grad(out, (qi, ki, vi), df[i].to(dtype))
+        for result, value in zip(results, (out.detach(), *grads)):
+            result[i] = value
+    out, dq, dk, dv = results
+    return (out.view(q.shape), dq.view(q.shape), dk.view(k.shape), dv.view(v.shape))

@@ -11,7 +11,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 __all__ = ["SUPPORTED_HEAD_DIMS", "LaunchConfig", "attention_forward", "candidate_configs",
-           "prepare", "tuned_config", "unsupported_reason"]
+           "attention", "prepare", "tuned_config", "unsupported_reason"]
 
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = (32, 64, 96, 128, 256)
 _SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
@@ -285,8 +285,34 @@ def attention_forward(
     return out, lse
 
 
+class _FlashAttention(torch.autograd.Function):
+    """attention_forward with our Triton backward (kernels/triton_flash_bwd.py) for autograd."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool, scale: float, config: LaunchConfig | None):
+        out, lse = attention_forward(q, k, v, causal=causal, scale=scale, config=config)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.scale = causal, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        from flashbench.kernels.triton_flash_bwd import attention_backward
+
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = attention_backward(q, k, v, out, lse, dout, causal=ctx.causal,
+                                        scale=ctx.scale)
+        return dq, dk, dv, None, None, None
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float,
+              config: LaunchConfig | None = None) -> torch.Tensor:
+    """Differentiable attention: our forward kernel, and our backward kernels under autograd."""
+    return _FlashAttention.apply(q, k, v, causal, scale, config)
+
+
 def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
             scale: float) -> Callable[[], torch.Tensor]:
     """A zero-argument call of the tuned kernel; tuning happens here, outside any timed call."""
     config, _ = tuned_config(q, k, v, causal=causal, scale=scale)
-    return lambda: attention_forward(q, k, v, causal=causal, scale=scale, config=config)[0]
+    return lambda: attention(q, k, v, causal=causal, scale=scale, config=config)

@@ -50,7 +50,7 @@ def test_yaml_file_with_scalars(tmp_path):
     ({"head_dim": [1 << 20]}, "head_dim: must be between 1 and 1024"),
     ({"dtype": ["fp8"]}, "dtype: 'fp8' is not allowed"),
     ({"heads": [12], "kv_heads": [8]}, "heads (12) must be a multiple of kv_heads (8)"),
-    ({"mode": ["bwd"]}, "mode 'bwd' is not implemented yet"),
+    ({"mode": ["backward"]}, "mode: 'backward' is not allowed"),
     ({"l2": "warm"}, "timing.l2: 'warm' is not allowed"),
 ])
 def test_bad_values_name_the_field(overrides, message):

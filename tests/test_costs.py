@@ -89,4 +89,12 @@ def test_materialized_peak_and_algorithms():
     assert costs.algorithm_of("naive") == "naive"
     assert costs.algorithm_of("sdpa-math") == "math"
     assert costs.algorithm_of("sdpa-cudnn") == "flash"
-    assert costs.hbm_bytes(case(mode=Mode.BWD), "flash") is None
+    c = case(batch=1, heads=2, kv_heads=1, seq_len=10, kv_len=20, head_dim=8, dtype="fp16")
+    q = 1 * 2 * 10 * 8 * 2
+    kv = 1 * 1 * 20 * 8 * 2
+    bwd = Case(**(c.to_dict() | {"mode": Mode.BWD}))
+    fwd_bwd = Case(**(c.to_dict() | {"mode": Mode.FWD_BWD}))
+    # read Q, O, dO, K, V and the LSE; write dQ, dK, dV
+    assert costs.hbm_bytes(bwd, "flash") == 3 * q + 2 * kv + 2 * 10 * 4 + q + 2 * kv == 2640
+    assert costs.hbm_bytes(bwd, "naive") == 2640 + 7 * 4 * (2 * 10 * 20)
+    assert costs.hbm_bytes(fwd_bwd, "flash") == costs.hbm_bytes(c, "flash") + 2640

@@ -124,3 +124,25 @@ def test_inputs_are_fresh_per_case_and_reproducible(fake_backend):
     seen.clear()
     measure_case(case("rec", seq_len=34, kv_len=34), CPU, FAST)
     assert not torch.equal(seen[0][..., :33, :], first)
+
+
+@pytest.mark.parametrize("backend", ["naive", "sdpa-math", "sdpa", "triton"])
+@pytest.mark.parametrize("mode", [Mode.BWD, Mode.FWD_BWD])
+def test_backward_modes_check_gradients_and_count_work(backend, mode):
+    c = case(backend, mode=mode, seq_len=20, kv_len=36)
+    row = measure_case(c, CPU, FAST)
+    assert row["status"] == "ok", row["error"]
+    assert row["rel_err"] < 1e-5  # the worst of dQ, dK, dV against float64 autograd
+    fwd = costs.flops(Case(**(c.to_dict() | {"mode": Mode.FWD})))
+    assert row["flops"] == int(fwd * (2.5 if mode is Mode.BWD else 3.5))
+    assert row["hbm_bytes"] == costs.hbm_bytes(c, costs.algorithm_of(backend)) > 0
+    assert row["n_samples"] >= 3 and row["setup_ms"] >= 0
+
+
+def test_wrong_gradient_is_mismatch(fake_backend):
+    def detached(q, k, v):  # right forward, but no gradient reaches k and v
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k.detach(), v.detach(), is_causal=True, enable_gqa=True) + 0 * (k.sum() + v.sum())
+    fake_backend("nograd", detached)
+    row = measure_case(case("nograd", mode=Mode.BWD), CPU, FAST)
+    assert row["status"] == "mismatch" and row["rel_err"] == pytest.approx(1.0)

@@ -1,0 +1,83 @@
+"""The Triton backward kernels against float64 autograd, under the interpreter (and on a GPU)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from flashbench.kernels.triton_flash import attention
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRET else "cuda"
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+# Relative error of each gradient against float64 autograd on the same rounded inputs.
+TOLERANCE = {F32: 1e-5 if INTERPRET else 5e-3, F16: 5e-3, BF16: 3e-2}
+
+
+def reference(q, k, v, dout, *, causal, scale):
+    q, k, v, dout = (t.detach().to("cpu", torch.float64).requires_grad_() for t in (q, k, v, dout))
+    group = q.shape[1] // k.shape[1]
+    kk, vv = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    s = q @ kk.transpose(-1, -2) * scale
+    if causal:
+        n, nk = s.shape[-2:]
+        s = s.masked_fill(~torch.ones(n, nk, dtype=torch.bool).tril(nk - n), float("-inf"))
+    out = torch.softmax(s, -1) @ vv
+    return torch.autograd.grad(out, (q, k, v), dout.detach())
+
+
+def check(b, h, hkv, n, nk, d, causal, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, hh, length, d, generator=gen).to(DEVICE, dtype).requires_grad_()
+               for hh, length in ((h, n), (hkv, nk), (hkv, nk)))
+    dout = torch.randn(b, h, n, d, generator=gen).to(DEVICE, dtype)
+    scale = 1 / math.sqrt(d)
+    grads = torch.autograd.grad(attention(q, k, v, causal=causal, scale=scale), (q, k, v), dout)
+    for name, got, want in zip("qkv", grads, reference(q, k, v, dout, causal=causal, scale=scale)):
+        assert got.shape == want.shape and got.dtype == dtype
+        rel = ((got.cpu().double() - want).norm() / want.norm()).item()
+        assert rel < TOLERANCE[dtype], f"d{name}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize(("b", "h", "hkv", "n", "nk", "d", "causal", "dtype"), [
+    pytest.param(1, 2, 2, 37, 37, 32, False, F32, id="odd-full"),
+    pytest.param(1, 2, 2, 37, 37, 32, True, F32, id="odd-causal"),
+    pytest.param(2, 4, 2, 29, 45, 64, True, F32, id="gqa-causal-kv-longer"),
+    pytest.param(1, 4, 1, 33, 20, 32, False, F32, id="mqa-more-queries"),
+    pytest.param(1, 2, 1, 48, 48, 64, True, F16, id="fp16"),
+    pytest.param(1, 2, 2, 40, 56, 32, True, BF16, id="bf16"),
+    pytest.param(1, 2, 2, 21, 30, 96, False, F32, id="d96"),
+])
+def test_gradients_match_autograd(b, h, hkv, n, nk, d, causal, dtype):
+    check(b, h, hkv, n, nk, d, causal, dtype)
+
+
+def test_forward_only_needs_no_grad():
+    q = torch.randn(1, 2, 20, 32, device=DEVICE)
+    out = attention(q, q, q, causal=True, scale=0.2)
+    assert out.shape == q.shape and not out.requires_grad
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="checks the compiled kernel, not the interpreter")
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("hkv", "n", "d", "dtype"), [(8, 1000, 128, BF16), (2, 777, 64, F16),
+                                                       (8, 2048, 128, F16)])
+def test_gpu_gradients_within_twice_sdpa(hkv, n, d, dtype, causal):
+    gen = torch.Generator().manual_seed(n)
+    q, k, v = (torch.randn(2, hh, n, d, generator=gen).to("cuda", dtype).requires_grad_()
+               for hh in (8, hkv, hkv))
+    dout = torch.randn(2, 8, n, d, generator=gen).to("cuda", dtype)
+    scale = 1 / math.sqrt(d)
+    ref = reference(q, k, v, dout, causal=causal, scale=scale)
+    ours = torch.autograd.grad(attention(q, k, v, causal=causal, scale=scale), (q, k, v), dout)
+    sdpa_out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=causal, scale=scale, enable_gqa=hkv != 8)
+    theirs = torch.autograd.grad(sdpa_out, (q, k, v), dout)
+    for name, a, b_, r in zip("qkv", ours, theirs, ref):
+        err = ((a.cpu().double() - r).norm() / r.norm()).item()
+        sdpa_err = ((b_.cpu().double() - r).norm() / r.norm()).item()
+        assert err <= 2 * sdpa_err + 1e-4, f"d{name}: {err:.2e} vs SDPA {sdpa_err:.2e}"
