@@ -161,6 +161,10 @@ def materialized_peak_bytes(case: Case, algorithm: Algorithm) -> int:
     m = _scores(case)
     e = DTYPE_BYTES[case.dtype]
     out = case.batch * case.heads * case.seq_len * case.head_dim * e
-    if algorithm in ("naive", "math"):
+    if algorithm not in ("naive", "math"):
+        return 0
+    if case.mode is Mode.FWD:
         return 2 * 4 * m + out
-    return 0
+    # Backward through autograd also keeps the saved P and makes dP and dS: about four fp32
+    # N×Nk matrices at once (a bound, to refuse hopeless cases, not a prediction).
+    return 4 * 4 * m + 4 * out
