@@ -63,6 +63,12 @@ def _triton_prepare(q, k, v, *, causal: bool, scale: float) -> Callable[[], torc
     return triton_flash.prepare(q, k, v, causal=causal, scale=scale)
 
 
+def _triton_resolve(q, k, v, *, causal: bool) -> str:
+    from flashbench.kernels import triton_flash
+
+    return triton_flash.kernel_name(q, k, causal=causal)
+
+
 def _sdpa_unavailable(name: str) -> Callable[[torch.device], str | None]:
     def check(device: torch.device) -> str | None:
         if name in ("sdpa", "sdpa-math"):
@@ -93,7 +99,8 @@ def _build() -> dict[str, Backend]:
 
     backends = {
         "triton": Backend("triton", "triton", "flashbench's Triton FlashAttention-2 kernel",
-                          _triton_prepare, _triton_unavailable, _triton_unsupported),
+                          _triton_prepare, _triton_unavailable, _triton_unsupported,
+                          resolve=_triton_resolve),
         "naive": Backend("naive", "naive", "materialized S and P, softmax in fp32",
                          naive.prepare, _never, _causal_supported),
     }

@@ -11,7 +11,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 __all__ = ["SUPPORTED_HEAD_DIMS", "LaunchConfig", "attention_forward", "candidate_configs",
-           "attention", "prepare", "tuned_config", "unsupported_reason"]
+           "attention", "kernel_name", "prepare", "tuned_config", "unsupported_reason"]
 
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = (32, 64, 96, 128, 256)
 _SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
@@ -311,8 +311,32 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     return _FlashAttention.apply(q, k, v, causal, scale, config)
 
 
+def _uses_decode_kernel(q: torch.Tensor, k: torch.Tensor, causal: bool) -> bool:
+    """Short queries against a long KV cache, forward only: the split-KV decode kernel's job."""
+    from flashbench.kernels import triton_decode
+
+    batch, heads, seq_len, head_dim = q.shape
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    return (not q.requires_grad
+            and triton_decode.is_decode_shape(seq_len, kv_len, heads, kv_heads)
+            and triton_decode.unsupported_reason(
+                heads=heads, kv_heads=kv_heads, seq_len=seq_len, kv_len=kv_len,
+                head_dim=head_dim, dtype=q.dtype, causal=causal) is None)
+
+
+def kernel_name(q: torch.Tensor, k: torch.Tensor, *, causal: bool) -> str:
+    """Which of our kernels ``prepare`` runs for these inputs (a row's resolved_backend)."""
+    return "triton-decode" if _uses_decode_kernel(q, k, causal) else "triton-flash"
+
+
 def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
             scale: float) -> Callable[[], torch.Tensor]:
-    """A zero-argument call of the tuned kernel; tuning happens here, outside any timed call."""
+    """A zero-argument call of the right kernel for the shape: split-KV decode for short
+    queries against a long cache (forward only), else the tuned prefill kernel, differentiable
+    through our backward. Tuning happens here, outside any timed call."""
+    if _uses_decode_kernel(q, k, causal):
+        from flashbench.kernels import triton_decode
+
+        return lambda: triton_decode.decode_forward(q, k, v, causal=causal, scale=scale)[0]
     config, _ = tuned_config(q, k, v, causal=causal, scale=scale)
     return lambda: attention(q, k, v, causal=causal, scale=scale, config=config)

@@ -146,3 +146,13 @@ def test_wrong_gradient_is_mismatch(fake_backend):
     fake_backend("nograd", detached)
     row = measure_case(case("nograd", mode=Mode.BWD), CPU, FAST)
     assert row["status"] == "mismatch" and row["rel_err"] == pytest.approx(1.0)
+
+
+def test_triton_runs_the_decode_kernel_for_short_queries():
+    decode = measure_case(case("triton", seq_len=1, kv_len=600, causal=False), CPU, FAST)
+    assert decode["status"] == "ok" and decode["resolved_backend"] == "triton-decode"
+    assert decode["rel_err"] < 1e-5
+    prefill = measure_case(case("triton", seq_len=40, kv_len=40), CPU, FAST)
+    assert prefill["resolved_backend"] == "triton-flash"
+    backward = measure_case(case("triton", mode=Mode.BWD, seq_len=1, kv_len=600), CPU, FAST)
+    assert backward["status"] == "ok" and backward["resolved_backend"] == "triton-flash"
