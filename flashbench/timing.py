@@ -62,14 +62,14 @@ def _flush_buffer(device):
     return _flush_buffers[key]
 
 
-_LAUNCH_AHEAD_S = 40e-6  # host time to queue one sample (flush, two events, one launch)
+_MAX_SLEEP_S = 0.05  # longest the GPU is held back at the start of a batch
 
 
 def _gpu_sleep(device, seconds: float) -> None:
     import torch
 
     clock_khz = getattr(torch.cuda.get_device_properties(device), "clock_rate", 0) or 2_000_000
-    torch.cuda._sleep(int(min(seconds, 0.02) * clock_khz * 1e3))
+    torch.cuda._sleep(int(min(seconds, _MAX_SLEEP_S) * clock_khz * 1e3))
 
 
 def _time_cuda(fn: Callable[[], object], device, policy: TimingPolicy) -> list[float]:
@@ -83,23 +83,30 @@ def _time_cuda(fn: Callable[[], object], device, policy: TimingPolicy) -> list[f
     end.record()
     torch.cuda.synchronize(device)
     estimate_ms = max(start.elapsed_time(end), 1e-3)
-    # Warm up with the loop's own sequence (flush, call), so its first samples are not outliers.
-    for _ in range(max(1, math.ceil(policy.warmup_ms / estimate_ms))):
+    # Warm up with the loop's own sequence (flush, call), so its first samples are not outliers,
+    # and measure what queueing one sample costs the host while at it.
+    warmup = max(2, math.ceil(policy.warmup_ms / estimate_ms))
+    queued = time.perf_counter()
+    for _ in range(warmup):
         if flush is not None:
             flush.zero_()
         fn()
+    host_s = (time.perf_counter() - queued) / warmup
     torch.cuda.synchronize(device)
 
-    # Samples between synchronizations: about 20 ms of work, so the stop test runs often enough.
-    batch = max(1, min(100, math.ceil(20.0 / estimate_ms)))
+    # Samples between synchronizations: about 20 ms of work, so the stop test runs often
+    # enough, and no more than the GPU can be held back for while the host queues them.
+    batch = max(1, min(100, math.ceil(20.0 / estimate_ms),
+                       int(_MAX_SLEEP_S / max(host_s, 1e-6))))
     samples: list[float] = []
     started = time.perf_counter()
     while not _should_stop(samples, started, policy):
         pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                  for _ in range(min(batch, policy.max_samples - len(samples)))]
-        # Hold the GPU busy while the CPU queues the batch: otherwise a short kernel's first
-        # samples time the host's launch latency, not the kernel.
-        _gpu_sleep(device, _LAUNCH_AHEAD_S * len(pairs))
+        # Hold the GPU busy while the host queues the whole batch. Otherwise, when a call costs
+        # the host more than the GPU (Python launch overhead of a short kernel), the GPU drains
+        # the queue and each event pair times the host's launch latency, not the kernel.
+        _gpu_sleep(device, 1.5 * host_s * len(pairs))
         for s, e in pairs:
             if flush is not None:
                 flush.zero_()

@@ -61,3 +61,22 @@ def test_naive_too_big_for_the_card_is_refused_without_trying():
     n = int((free / (2 * 32 * 6)) ** 0.5) + 4096  # S and P of B=2, H=32 beyond free memory
     row = measure(case("naive", heads=32, kv_heads=32, seq_len=n, kv_len=n))
     assert row["status"] == "oom" and "not attempted" in row["error"]
+
+
+def test_host_launch_overhead_is_not_timed():
+    # A call that costs the host 300 us before launching 10 us of GPU work: the events must
+    # time the GPU work, not the host (the timing loop holds the GPU back while it queues).
+    import time
+
+    from flashbench.timing import time_callable
+
+    x = torch.empty(1 << 20, device="cuda")
+
+    def slow_host_short_kernel():
+        t = time.perf_counter()
+        while time.perf_counter() - t < 300e-6:
+            pass
+        x.add_(1.0)
+
+    samples, _ = time_callable(slow_host_short_kernel, torch.device("cuda"), POLICY)
+    assert sorted(samples)[len(samples) // 2] < 0.05  # ms
