@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -13,10 +14,12 @@ from typing import Any, Iterator
 
 from flashbench.errors import UserError
 
-__all__ = ["RunFolder", "create_run", "find_run", "load_run", "read_meta", "read_rows"]
+__all__ = ["RunFolder", "check_root", "create_run", "find_run", "load_run", "open_run",
+           "prepare_root", "read_meta", "read_rows"]
 
 META = "meta.json"
 RESULTS = "results.jsonl"
+LOCK = ".lock"
 
 
 def _jsonable(value: Any) -> Any:
@@ -41,6 +44,35 @@ class RunFolder:
     def __init__(self, path: Path):
         self.path = path
         self._results = None
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Hold the run for this process: a second writer (a resume while it runs) is refused.
+
+        An flock, so that the kernel releases it when the process dies, however it dies.
+        """
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"run {self.path} is being written by another flashbench process"
+                            ) from None
+        self._lock = fd
+
+    def drop_torn_tail(self) -> bool:
+        """Cut a last line that a dying writer left unfinished, so that new rows start clean."""
+        try:
+            with open(self.results_path, "rb+") as f:
+                data = f.read()
+                if not data or data.endswith(b"\n"):
+                    return False
+                f.truncate(data.rfind(b"\n") + 1)
+                f.flush()
+                os.fsync(f.fileno())
+        except FileNotFoundError:
+            return False
+        return True
 
     @property
     def meta_path(self) -> Path:
@@ -66,16 +98,36 @@ class RunFolder:
         if self._results is not None:
             self._results.close()
             self._results = None
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
 
 
-def create_run(root: Path, run_id: str | None = None) -> RunFolder:
-    """A new, empty run folder under ``root``; two runs never share one."""
+def check_root(root: Path) -> None:
+    """Refuse, without creating anything, a results folder that could not be made or written."""
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create the results folder {root}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"the results folder {root} is not writable"
+                        + (f" ({existing} is not)" if existing != root else ""))
+
+
+def prepare_root(root: Path) -> None:
+    """Make sure run folders can be made under ``root`` (bad input when they cannot)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the results folder {root}: {e.strerror}") from None
     if not os.access(root, os.W_OK):
         raise UserError(f"the results folder {root} is not writable")
+
+
+def create_run(root: Path, run_id: str | None = None) -> RunFolder:
+    """A new, empty run folder under ``root``; two runs never share one."""
+    prepare_root(root)
     run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     path = root / run_id
     try:
@@ -85,6 +137,15 @@ def create_run(root: Path, run_id: str | None = None) -> RunFolder:
     except OSError as e:
         raise UserError(f"cannot create the run folder {path}: {e.strerror}") from None
     return RunFolder(path)
+
+
+def open_run(path: Path) -> RunFolder:
+    """An existing run folder, locked for appending (a resume)."""
+    if not os.access(path, os.W_OK):
+        raise UserError(f"run {path} is not writable")
+    run = RunFolder(path)
+    run.lock()
+    return run
 
 
 def find_run(ref: str | Path | None, root: Path) -> Path:

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from flashbench.errors import UserError
-from flashbench.store import create_run, find_run, read_meta, read_rows
+from flashbench.store import check_root, create_run, find_run, open_run, read_meta, read_rows
 
 
 def test_rows_are_on_disk_as_soon_as_appended(tmp_path):
@@ -53,3 +53,34 @@ def test_find_run_latest_by_id_and_refusals(tmp_path):
         find_run(tmp_path / "plain", tmp_path)
     with pytest.raises(UserError, match="no runs under"):
         find_run(None, tmp_path / "empty")
+
+
+def test_a_torn_last_line_is_cut_before_new_rows(tmp_path):
+    run = create_run(tmp_path, "torn")
+    run.append({"a": 1})
+    run.close()
+    with open(run.results_path, "a") as f:
+        f.write('{"a": 2, "b"')  # the writer died here
+    assert run.drop_torn_tail() is True
+    run.append({"a": 3})
+    run.close()
+    assert read_rows(run.path) == [{"a": 1}, {"a": 3}]
+    assert run.drop_torn_tail() is False  # a clean file is left alone
+
+
+def test_a_run_is_locked_by_its_writer(tmp_path):
+    first = create_run(tmp_path, "locked")
+    first.lock()
+    with pytest.raises(UserError, match="being written by another flashbench process"):
+        open_run(first.path)
+    first.close()  # the lock goes with the writer
+    second = open_run(first.path)
+    second.close()
+
+
+def test_results_folder_check_creates_nothing(tmp_path):
+    check_root(tmp_path / "new" / "deeper")  # creatable: fine, and not created
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="is not a folder"):
+        check_root(tmp_path / "file" / "runs")
