@@ -2,6 +2,7 @@
 
 Each backend turns inputs into a zero-argument callable (set-up stays outside the timed
 region) and says, before anything runs, why it cannot run a case or cannot run here at all.
+Plugin backends (flashbench.plugins) join the registry as they are registered.
 Importing this module imports torch; the CLI imports it only inside commands.
 """
 
@@ -15,6 +16,7 @@ import torch
 
 from flashbench.cases import Case
 from flashbench.config import BUILTIN_BACKENDS
+from flashbench.plugins import PluginBackend, plugin_backends
 
 __all__ = ["Backend", "Prepare", "get_backend", "registry"]
 
@@ -24,7 +26,7 @@ Prepare = Callable[..., Callable[[], torch.Tensor]]  # (q, k, v, *, causal, scal
 @dataclass(frozen=True, slots=True)
 class Backend:
     name: str
-    family: str  # "triton", "sdpa", "naive"
+    family: str  # "triton", "sdpa", "naive", "plugin"
     description: str
     prepare: Prepare
     # Why this backend cannot run on ``device`` at all (None: it can).
@@ -84,6 +86,25 @@ def _sdpa_unavailable(name: str) -> Callable[[torch.device], str | None]:
     return check
 
 
+# kernels.sdpa imports torch._dynamo (two seconds): only a sweep that runs SDPA pays for it.
+def _sdpa_prepare(name: str) -> Prepare:
+    def prepare(q, k, v, *, causal: bool, scale: float) -> Callable[[], torch.Tensor]:
+        from flashbench.kernels import sdpa
+
+        return sdpa.prepare(name, q, k, v, causal=causal, scale=scale)
+
+    return prepare
+
+
+def _sdpa_resolve(name: str) -> Callable[..., str]:
+    def resolve(q, k, v, *, causal: bool) -> str:
+        from flashbench.kernels import sdpa
+
+        return sdpa.resolve(name, q, k, v, causal=causal)
+
+    return resolve
+
+
 def _causal_supported(case: Case) -> str | None:
     if case.causal and case.seq_len > case.kv_len:
         return ("causal with seq_len > kv_len: with the diagonal aligned to the end, "
@@ -95,7 +116,7 @@ _TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.fl
 
 
 def _build() -> dict[str, Backend]:
-    from flashbench.kernels import naive, sdpa
+    from flashbench.kernels import naive
 
     backends = {
         "triton": Backend("triton", "triton", "flashbench's Triton FlashAttention-2 kernel",
@@ -111,26 +132,38 @@ def _build() -> dict[str, Backend]:
         "sdpa-cudnn": "PyTorch SDPA forced to its cuDNN backend",
         "sdpa-math": "PyTorch SDPA forced to its math (materialized) backend",
     }
-    for name in sdpa.VARIANTS:
-        backends[name] = Backend(
-            name, "sdpa", descriptions[name],
-            prepare=lambda q, k, v, *, causal, scale, _n=name: sdpa.prepare(
-                _n, q, k, v, causal=causal, scale=scale),
-            unavailable=_sdpa_unavailable(name),
-            unsupported=_causal_supported,
-            resolve=lambda q, k, v, *, causal, _n=name: sdpa.resolve(_n, q, k, v, causal=causal),
-        )
+    for name in descriptions:
+        backends[name] = Backend(name, "sdpa", descriptions[name], prepare=_sdpa_prepare(name),
+                                 unavailable=_sdpa_unavailable(name),
+                                 unsupported=_causal_supported, resolve=_sdpa_resolve(name))
     assert set(backends) == set(BUILTIN_BACKENDS)
     return {name: backends[name] for name in BUILTIN_BACKENDS}
+
+
+def _from_plugin(plugin: PluginBackend) -> Backend:
+    forward = plugin.forward
+
+    def prepare(q, k, v, *, causal: bool, scale: float) -> Callable[[], torch.Tensor]:
+        return lambda: forward(q, k, v, causal=causal, scale=scale)
+
+    return Backend(plugin.name, "plugin", plugin.description, prepare, _never, _causal_supported)
 
 
 _REGISTRY: dict[str, Backend] | None = None
 
 
 def registry() -> dict[str, Backend]:
+    """Built-in backends, then plugin backends registered so far (one dict, updated in place)."""
     global _REGISTRY
     if _REGISTRY is None:
         _REGISTRY = _build()
+    plugins = plugin_backends()
+    for name in [n for n, b in _REGISTRY.items() if b.family == "plugin" and n not in plugins]:
+        del _REGISTRY[name]
+    for name, plugin in plugins.items():
+        known = _REGISTRY.get(name)
+        if known is None or known.family == "plugin":  # a plugin file loaded again replaces its own
+            _REGISTRY[name] = _from_plugin(plugin)
     return _REGISTRY
 
 

@@ -12,14 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flashbench.cases import DTYPES, Case, Mode
 from flashbench.errors import UserError, did_you_mean
+from flashbench.plugins import plugin_backends
 from flashbench.timing import TimingPolicy
 
 __all__ = [
     "BUILTIN_BACKENDS",
     "SweepConfig",
     "expand_cases",
+    "format_validation_error",
     "list_presets",
     "load_config",
+    "requested_device",
 ]
 
 # Known without importing torch, so that bad names are refused before anything heavy runs.
@@ -76,10 +79,12 @@ class SweepConfig(BaseModel):
     @field_validator("backends")
     @classmethod
     def _known_backends(cls, names: list[str]) -> list[str]:
+        # Plugins register their names when loaded, which is why they load before validation.
+        known = (*BUILTIN_BACKENDS, *plugin_backends())
         for name in names:
-            if name not in BUILTIN_BACKENDS:
-                raise ValueError(f"unknown backend {name!r}{did_you_mean(name, BUILTIN_BACKENDS)};"
-                                 f" allowed: {', '.join(BUILTIN_BACKENDS)}")
+            if name not in known:
+                raise ValueError(f"unknown backend {name!r}{did_you_mean(name, known)};"
+                                 f" allowed: {', '.join(known)} (or a plugin's: --plugin FILE)")
         return list(dict.fromkeys(names))
 
     @field_validator("batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim")
@@ -92,7 +97,7 @@ class SweepConfig(BaseModel):
         return values
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
     """The first problem, as one line naming the field and what is allowed."""
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "config"
@@ -161,9 +166,24 @@ def load_config(config: str, overrides: dict[str, Any] | None = None) -> SweepCo
     try:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as e:
-        raise UserError(_format_validation_error(e, source)) from None
+        raise UserError(format_validation_error(e, source)) from None
     _check_head_groups(cfg, source)
     return cfg
+
+
+def requested_device(config: str, override: str | None = None) -> str:
+    """The device a config asks for, read before validation (plugins may need it to load).
+
+    Anything unreadable gives 'auto'; load_config reports the problem properly afterwards.
+    """
+    if override is not None:
+        return override
+    try:
+        data, _ = _read_source(config)
+    except UserError:
+        return "auto"
+    device = data.get("device", "auto")
+    return device if device in ("auto", "cuda", "cpu") else "auto"
 
 
 def _check_head_groups(cfg: SweepConfig, source: str) -> None:
