@@ -5,13 +5,47 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from flashbench.errors import UserError
 
+if TYPE_CHECKING:
+    from flashbench.runner import SweepResult
+
+# Exit codes, as the README documents them.
+EXIT_FAILED = 1  # a failed case under --strict, a regression under check, a sweep that could not go on
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+# Usage errors derive from click's ClickException, which recent Typer vendors and older Typer
+# imports: find it through a class Typer exports either way.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """A flag of the wrong type or an unknown option is bad input too: one line, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            code = EXIT_FAILED
+        except _ClickException as e:
+            where = f"{e.ctx.command_path}: " if getattr(e, "ctx", None) else ""
+            typer.echo(f"error: {where}{e.format_message()}", err=True)
+            code = e.exit_code
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     help="Benchmark and profile attention: Triton FlashAttention, PyTorch SDPA backends, naive.",
     no_args_is_help=False,
     add_completion=False,
@@ -28,7 +62,7 @@ def _user_errors_exit_2(command: Callable) -> Callable:
             return command(*args, **kwargs)
         except UserError as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_BAD_INPUT) from None
 
     return wrapper
 
@@ -48,6 +82,10 @@ def _int_list(flag: str, text: Optional[str]) -> Optional[list[int]]:
 
 def _str_list(text: Optional[str]) -> Optional[list[str]]:
     return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+PLUGINS = typer.Option(None, "--plugin", help="A Python file that registers backends with "
+                                                "@flashbench.register_backend (repeatable).")
 
 
 @app.command()
@@ -71,11 +109,27 @@ def run(
     device: Optional[str] = typer.Option(None, help="auto, cuda or cpu."),
     l2: Optional[str] = typer.Option(None, help="cold: flush L2 before every sample; hot: don't."),
     budget_ms: Optional[float] = typer.Option(None, help="Timing budget per case, ms."),
+    case_timeout: Optional[float] = typer.Option(
+        None, "--case-timeout", help="Seconds one case may take before its worker is killed "
+                                     "and the case recorded as a timeout [default: 600]."),
+    plugin: Optional[list[Path]] = PLUGINS,
+    resume: Optional[str] = typer.Option(
+        None, help="Finish an interrupted run (folder or id under --out): only the cases "
+                   "without a row run, with the run's own config."),
+    isolate: bool = typer.Option(True, "--isolate/--no-isolate",
+                                 help="Run cases in a worker process that may crash or hang "
+                                      "without ending the sweep; --no-isolate runs them here, "
+                                      "for debugging (no timeouts, a crash ends the sweep)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Folder for run folders."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
-    strict: bool = typer.Option(False, help="Exit 1 if any case errored or mismatched."),
+    strict: bool = typer.Option(False, help="Exit 1 if any case errored, mismatched, crashed or "
+                                            "timed out."),
 ) -> None:
-    """Sweep the configured cases over the backends; print a table, save results/<run-id>/."""
+    """Sweep the configured cases over the backends; print a table, save results/<run-id>/.
+
+    Exit 0 when the sweep finished, 1 with --strict and a failed case, 2 for bad input, 130
+    when interrupted (Ctrl-C or SIGTERM; finish it with --resume).
+    """
     overrides = {
         "backends": _str_list(backends), "seq_len": _int_list("--seq-len", seq_len),
         "kv_len": _int_list("--kv-len", kv_len), "heads": _int_list("--heads", heads),
@@ -83,31 +137,73 @@ def run(
         "head_dim": _int_list("--head-dim", head_dim), "batch": _int_list("--batch", batch),
         "dtype": _str_list(dtype), "causal": None if causal is None else [causal],
         "mode": _str_list(mode), "device": device, "l2": l2, "budget_ms": budget_ms,
+        "case_timeout_s": case_timeout,
     }
-    from flashbench.config import load_config
+    from flashbench import runner
 
-    if config is None:
-        config = "default" if _has_cuda(device) else "cpu"
-    cfg = load_config(config, overrides)
+    command = ["flashbench", *sys.argv[1:]]
+    plugins = [str(p) for p in plugin or []]
+    try:
+        if resume is not None:
+            given = [f"--{k.replace('_', '-')}" for k, v in overrides.items()
+                     if v is not None and k != "case_timeout_s"] + (["--config"] if config else [])
+            if given:
+                raise UserError(f"--resume runs the rest of the run's own config; drop "
+                                f"{', '.join(given)}")
+            result = runner.resume_sweep(resume, out, command=command, progress=progress,
+                                         isolate=isolate, plugins=plugins,
+                                         case_timeout_s=case_timeout)
+        else:
+            from flashbench.config import load_config, requested_device
+            from flashbench.plugins import load_plugins
 
-    from flashbench.runner import run_sweep
+            if config is None:
+                config = "default" if _has_cuda(device) else "cpu"
+            if not isolate:
+                from flashbench.measure import select_device
+
+                # In this process the device comes first: on a CPU it sets TRITON_INTERPRET
+                # before a plugin can import triton.
+                select_device(requested_device(config, device))
+            plugins = load_plugins(plugins)  # before the config: plugins add backend names
+            cfg = load_config(config, overrides)
+            result = runner.run_sweep(cfg, out, command=command, progress=progress,
+                                      isolate=isolate, plugins=plugins)
+    except runner.Interrupted as e:
+        typer.echo(f"{e}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except runner.SweepFailed as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    _report_sweep(result, strict, resumed=resume is not None)
+
+
+def _report_sweep(result: SweepResult, strict: bool, *, resumed: bool) -> None:
+    """The table on stdout; failures, the summary and how to go on on stderr; the exit code."""
     from flashbench.table import failure_notes, sweep_table
 
-    result = run_sweep(cfg, out, command=["flashbench", *sys.argv[1:]], progress=progress)
     env = result.meta["environment"]
     where = env.get("gpu_name") or f"CPU ({env.get('cpu')})"
+    name = result.meta["config"].get("name", "custom")
     if result.rows:
-        _stdout().print(sweep_table(result.rows, title=f"flashbench {cfg.name} on {where}"))
+        _stdout().print(sweep_table(result.rows, title=f"flashbench {name} on {where}"))
     for note in failure_notes(result.rows):
         typer.echo(note, err=True)
     counts: dict[str, int] = {}
     for r in result.rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no rows"
+    if result.status == "interrupted":
+        left = result.meta["n_cases"] - len(result.rows)
+        typer.echo(f"results: {result.run_dir} ({summary}); interrupted with {left} case(s) "
+                   f"to go: flashbench run --resume {result.run_dir}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if resumed and result.measured == 0:
+        typer.echo(f"nothing to resume: every case of {result.run_dir} has a row", err=True)
     typer.echo(f"results: {result.run_dir} ({summary})", err=True)
     if strict and any(r["status"] in ("error", "mismatch", "crash", "timeout")
                       for r in result.rows):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _stdout():
@@ -118,24 +214,51 @@ def _stdout():
 
 
 def _has_cuda(device: Optional[str]) -> bool:
+    """Whether the default preset is the GPU one, without creating a CUDA context here.
+
+    The sweep's worker owns the device; asking NVML (and torch's NVML-based check) keeps this
+    process free of CUDA, and without a GPU it does not even import torch.
+    """
     if device == "cpu":
         return False
+    from flashbench.telemetry import nvml_module
+
+    nvml = nvml_module()
+    try:
+        if nvml is None or nvml.nvmlDeviceGetCount() == 0:
+            return False
+    except Exception:  # NVMLError: as good as no GPU for choosing a preset
+        return False
+    import os
+
     import torch
 
-    return torch.cuda.is_available()
+    before = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # read at call time
+    try:
+        return torch.cuda.is_available()
+    finally:
+        if before is None:
+            del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+        else:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = before
 
 
 @app.command("list")
 @_user_errors_exit_2
 def list_backends(
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    plugin: Optional[list[Path]] = PLUGINS,
 ) -> None:
-    """Backends, whether each can run on this machine, and why not."""
+    """Backends (plugins included), whether each can run on this machine, and why not."""
     from rich.table import Table
 
     from flashbench.measure import select_device
 
-    dev = select_device(device)
+    dev = select_device(device)  # before plugins, which may import triton
+    from flashbench.plugins import load_plugins
+
+    load_plugins([str(p) for p in plugin or []])
     from flashbench.backends import registry
 
     table = Table(title=f"backends on {dev}")

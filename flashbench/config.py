@@ -69,6 +69,8 @@ class SweepConfig(BaseModel):
                                                         min_length=1)
     causal: list[bool] = Field(default_factory=lambda: [False], min_length=1)
     timing: TimingConfig = Field(default_factory=TimingConfig)
+    # Beyond this a case is a hang: its worker is killed and replaced (at most a day).
+    case_timeout_s: float = Field(600.0, gt=0, le=86400)
 
     @field_validator("backends", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len",
                      "head_dim", "dtype", "causal", mode="before")

@@ -61,6 +61,52 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, args, mess
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--budget-ms", "abc"], "run: Invalid value for '--budget-ms'"),
+    (["--case-timeout", "soon"], "run: Invalid value for '--case-timeout'"),
+    (["--sequence", "4"], "run: No such option: --sequence"),
+    (["--case-timeout", "0"], "case_timeout_s: Input should be greater than 0"),
+    (["--case-timeout", "1e9"], "case_timeout_s: Input should be less than or equal to 86400"),
+])
+def test_bad_flags_exit_2_with_one_line(tmp_path, args, message):
+    out = tmp_path / "results"
+    result = invoke("run", "--config", "cpu", *args, "--out", out, "--no-progress")
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_head_dim_the_triton_kernel_cannot_do_is_an_unsupported_row(tmp_path):
+    result = invoke("run", "--config", "cpu", "--backends", "triton,naive", "--head-dim", "48",
+                    "--seq-len", "16", "--no-causal", "--out", tmp_path, "--no-progress",
+                    "--no-isolate")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    rows = {r["backend"]: r for r in map(json.loads, (run_dir / "results.jsonl").read_text()
+                                         .splitlines())}
+    assert rows["triton"]["status"] == "unsupported"
+    assert rows["triton"]["error"] == "head_dim 48 is not one of (32, 64, 96, 128, 256)"
+    assert rows["naive"]["status"] == "ok"
+
+
+def test_missing_or_empty_runs_are_bad_input_for_report_and_compare(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "meta.json").write_text("{}")
+    (empty / "results.jsonl").write_text("")
+    meta_only = tmp_path / "meta-only"
+    meta_only.mkdir()
+    (meta_only / "meta.json").write_text("{}")
+    for command in ("report", "compare"):
+        for run, message in [(tmp_path / "nope", "no such run or results file"),
+                             (empty, "has no results"),
+                             (meta_only, "no results file at")]:
+            result = invoke(command, run)
+            assert result.exit_code == 2, (command, run, result.output)
+            assert message in result.stderr and result.stderr.count("\n") == 1
+
+
 def test_unwritable_results_path_exits_2(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

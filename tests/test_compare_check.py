@@ -186,7 +186,7 @@ def test_compare_two_runs_and_formats(tmp_path, h100_rows, h100_meta):
 
 def test_latest_run_is_the_default(tmp_path):
     result = invoke("run", "--config", "cpu", "--backends", "naive,sdpa-math", "--seq-len", "16",
-                    "--no-progress", "--out", tmp_path)
+                    "--no-progress", "--out", tmp_path, "--no-isolate")  # quick: no worker
     assert result.exit_code == 0
     result = invoke("compare", "--results-dir", tmp_path, "--format", "markdown")
     assert result.exit_code == 0 and "naive ms" in result.stdout and "sdpa-math ×" in result.stdout
@@ -196,13 +196,14 @@ def test_aa_two_real_cpu_runs_of_one_config(tmp_path):
     # Real timings: two runs of one config on this machine. One intra-op thread, because
     # OpenMP threads spinning against any other process on a 2-core machine swing CPU timings
     # by orders of magnitude; and a wider threshold than a GPU needs, for a shared CPU's drift.
+    # In this process (--no-isolate), where that thread setting applies.
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         args = ["run", "--config", "cpu", "--backends", "naive,sdpa-math", "--seq-len", "128",
-                "--no-progress", "--out", tmp_path, "--budget-ms", "300"]
+                "--no-progress", "--out", tmp_path, "--budget-ms", "300", "--no-isolate"]
         assert invoke(*args).exit_code == 0
         assert invoke(*args).exit_code == 0
     finally:

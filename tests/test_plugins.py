@@ -1,27 +1,38 @@
-"""Plugin backends: registration, plugin files and entry points, names, bad plugins, measurement."""
+"""Plugin backends: the README's example end to end, plugin files and entry points, names, bad plugins."""
 
+import json
+import os
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from flashbench import costs, plugins
 from flashbench.backends import registry
 from flashbench.cases import Case, Mode
+from flashbench.cli import app
 from flashbench.config import load_config
 from flashbench.errors import UserError
 from flashbench.measure import measure_case
 from flashbench.timing import TimingPolicy
 
+ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).parent / "plugins"
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture(autouse=True)
 def fresh_registry(monkeypatch):
-    """Each test starts from, and leaves, the plugins registered before it."""
-    monkeypatch.setattr(plugins, "_REGISTERED", dict(plugins._REGISTERED))
-    monkeypatch.setattr(plugins, "_LOADED_FILES", set(plugins._LOADED_FILES))
-    monkeypatch.setattr(plugins, "_LOADED_ENTRY_POINTS", set(plugins._LOADED_ENTRY_POINTS))
+    """Each test starts with no plugin loaded, and leaves those loaded before it as they were."""
+    monkeypatch.setattr(plugins, "_REGISTERED", {})
+    monkeypatch.setattr(plugins, "_LOADED_FILES", set())
+    monkeypatch.setattr(plugins, "_LOADED_ENTRY_POINTS", set())
 
 
 def test_a_plugin_backend_is_measured_like_a_builtin():
@@ -35,6 +46,51 @@ def test_a_plugin_backend_is_measured_like_a_builtin():
     assert registry()["fast-sdpa"].family == "plugin"
     shifted = Case(**(case.to_dict() | {"mode": Mode.FWD, "seq_len": 40, "kv_len": 24}))
     assert measure_case(shifted, torch.device("cpu"), policy)["status"] == "unsupported"
+
+
+def readme_example(tmp_path: Path) -> Path:
+    """The complete plugin file the README shows, written out as a user would save it."""
+    readme = (ROOT / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(# my_attention\.py.*?)```", readme, re.S)
+    path = tmp_path / "my_attention.py"
+    path.write_text(code)
+    return path
+
+
+def test_readme_example_is_listed_checked_timed_and_reported_like_a_builtin(tmp_path):
+    example = readme_example(tmp_path)
+    listed = invoke("list", "--device", "cpu", "--plugin", example)
+    assert listed.exit_code == 0, listed.output
+    line = next(ln for ln in listed.stdout.splitlines() if "my-attention" in ln)
+    assert "plugin" in line and "yes" in line
+    out = tmp_path / "runs"
+    # GQA (4 query heads over 2 KV heads, the cpu preset) and a KV cache longer than the queries.
+    result = invoke("run", "--config", "cpu", "--plugin", example, "--backends",
+                    "my-attention,naive", "--seq-len", "24", "--kv-len", "40", "--out", out,
+                    "--no-progress", "--no-isolate")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = out.iterdir()
+    rows = [json.loads(ln) for ln in (run_dir / "results.jsonl").read_text().splitlines()]
+    mine = [r for r in rows if r["backend"] == "my-attention"]
+    assert [r["causal"] for r in mine] == [False, True]
+    for row in mine:
+        assert row["status"] == "ok" and row["rel_err"] < 1e-6 and row["n_samples"] >= 3
+        assert (row["heads"], row["kv_heads"], row["seq_len"], row["kv_len"]) == (4, 2, 24, 40)
+        assert row["hbm_bytes"] == costs.hbm_bytes(Case.from_dict(row), "flash")
+        assert row["gbps"] > 0 and row["resolved_backend"] == "my-attention"
+    assert "my-attention" in result.stdout  # a column of the table, like any backend
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["plugins"] == [str(example.resolve())]
+
+
+def test_no_isolate_runs_the_plugin_in_this_process(tmp_path, monkeypatch):
+    pidfile = tmp_path / "pid"
+    monkeypatch.setenv("FLASHBENCH_TEST_PIDFILE", str(pidfile))
+    result = invoke("run", "--config", "cpu", "--plugin", PLUGINS / "slow.py", "--backends",
+                    "slow-sdpa", "--seq-len", "16", "--no-causal", "--budget-ms", "1",
+                    "--out", tmp_path / "runs", "--no-progress", "--no-isolate")
+    assert result.exit_code == 0, result.output
+    assert int(pidfile.read_text()) == os.getpid()
 
 
 def test_names_are_checked_when_registered():
@@ -67,9 +123,8 @@ def test_unknown_backend_suggests_plugin_names():
 
 
 BAD_PLUGINS = {
-    "missing_dependency": ("import flashbench_no_such_dependency\n",
-                           "does not import: ModuleNotFoundError: No module named "
-                           "'flashbench_no_such_dependency'"),
+    "missing_dependency": (None, "does not import: ModuleNotFoundError: No module named "
+                                 "'flashbench_no_such_dependency'"),
     "syntax": ("import flashbench\ndef f(:\n", "does not import: SyntaxError: invalid syntax"),
     "builtin_name": ("import flashbench\n@flashbench.register_backend('sdpa')\n"
                      "def f(q, k, v, *, causal, scale):\n    return q\n",
@@ -86,12 +141,18 @@ BAD_PLUGINS = {
 @pytest.mark.parametrize("name", BAD_PLUGINS)
 def test_a_bad_plugin_is_bad_input_with_one_line(tmp_path, name):
     text, message = BAD_PLUGINS[name]
-    path = tmp_path / f"{name}.py"
-    if text is not None:
-        path.write_text(text)
-    with pytest.raises(UserError) as e:
-        plugins.load_plugin_file(path)
-    assert message in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+    if name == "missing_dependency":
+        path = PLUGINS / "broken.py"
+    else:
+        path = tmp_path / f"{name}.py"
+        if text is not None:
+            path.write_text(text)
+    out = tmp_path / "runs"
+    result = invoke("run", "--config", "cpu", "--plugin", path, "--out", out, "--no-progress")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and str(path) in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert not out.exists()
     assert "half-ok" not in plugins.plugin_backends()  # nothing half-registered stays
 
 
@@ -107,10 +168,12 @@ def test_entry_point_group_loads_installed_plugins(tmp_path, monkeypatch):
         "def identity(q, k, v, *, causal, scale):\n    '''Returns q.'''\n    return q\n")
     (site / "fb_ep_plugin_bad.py").write_text("raise ImportError('needs CUDA 13')\n")
     monkeypatch.syspath_prepend(str(site))
-    with pytest.raises(UserError) as e:
-        plugins.load_entry_points()
-    assert str(e.value) == ("plugin entry point 'bad' = fb_ep_plugin_bad (flashbench.backends, "
-                            "from fb-ep-plugin) does not import: ImportError: needs CUDA 13")
+    result = invoke("list", "--device", "cpu")
+    assert result.exit_code == 2
+    assert result.stderr == ("error: plugin entry point 'bad' = fb_ep_plugin_bad "
+                             "(flashbench.backends, from fb-ep-plugin) does not import: "
+                             "ImportError: needs CUDA 13\n")
     (info / "entry_points.txt").write_text("[flashbench.backends]\ngood = fb_ep_plugin_good\n")
-    plugins.load_entry_points()
-    assert plugins.plugin_backends()["ep-identity"].description == "Returns q."
+    result = invoke("list", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "ep-identity" in result.stdout and "Returns q." in result.stdout
