@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from flashbench.cases import DTYPES, Case, Mode
+from flashbench.cases import Case, Mode
 from flashbench.errors import UserError, did_you_mean
 from flashbench.plugins import plugin_backends
 from flashbench.timing import TimingPolicy

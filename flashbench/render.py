@@ -53,7 +53,7 @@ def backends_display(frame: pd.DataFrame) -> pd.DataFrame:
                         for f in _varying_shape(frame)})
     out["baseline"] = frame["baseline"].fillna("")
     for b in backends:
-        ms, marks = [], []
+        ms = []
         for _, r in frame.iterrows():
             status, median = r[f"{b}:status"], r[f"{b}:median_ms"]
             if status is None or (isinstance(status, float) and pd.isna(status)):

@@ -3,70 +3,16 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
+from kernel_inputs import (BF16, DEVICE, DTYPES, F16, F32, INTERPRET, TOLERANCES, make_inputs,
+                           reference)
+
 from flashbench.kernels import triton_decode
 from flashbench.kernels.triton_decode import (MIN_SPLIT_KEYS, choose_num_splits, decode_forward,
                                               is_decode_shape, unsupported_reason)
-
-# conftest.py turns the interpreter on when there is no GPU; it then runs on CPU tensors.
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRET else "cuda"
-F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
-DTYPES = (F32, F16, BF16)
-
-# dtype -> (max ||out - ref|| / ||ref||, max |lse - ref_lse|), as in test_triton_flash.py: the
-# reference sees the same rounded inputs, so the error is the kernel's own.
-TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
-    torch.float32: (1e-5, 1e-4) if INTERPRET else (5e-3, 5e-3),
-    torch.float16: (2e-3, 1e-3),
-    torch.bfloat16: (1e-2, 1e-3),
-}
-
-
-def _make(
-    shape: tuple[int, int, int, int], dtype: torch.dtype, gen: torch.Generator, layout: str,
-    device: str,
-) -> torch.Tensor:
-    b, h, n, d = shape
-    # Round to the dtype and move before taking views, so the views keep their strides.
-    if layout == "bnhd":  # a fused projection's (B, N, H, D) output viewed as (B, H, N, D)
-        return torch.randn(b, n, h, d, generator=gen).to(device=device, dtype=dtype).transpose(1, 2)
-    if layout == "strided_d":  # head dim not unit-stride
-        return torch.randn(b, h, n, 2 * d, generator=gen).to(device=device, dtype=dtype)[..., ::2]
-    assert layout == "contiguous"
-    return torch.randn(b, h, n, d, generator=gen).to(device=device, dtype=dtype)
-
-
-def _inputs(
-    b: int, h: int, hkv: int, n: int, nk: int, d: int, dtype: torch.dtype,
-    *, layout: str = "contiguous", device: str = DEVICE, seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    q = _make((b, h, n, d), dtype, gen, layout, device)
-    k = _make((b, hkv, nk, d), dtype, gen, layout, device)
-    v = _make((b, hkv, nk, d), dtype, gen, layout, device)
-    return q, k, v
-
-
-def _reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float,
-    dtype: torch.dtype = torch.float64, device: str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    q, k, v = (t.to(device=device, dtype=dtype) for t in (q, k, v))
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    v = v.repeat_interleave(group, dim=1)
-    scores = (q @ k.transpose(-1, -2)) * scale
-    if causal:
-        n, nk = scores.shape[-2:]
-        visible = torch.ones(n, nk, dtype=torch.bool, device=device).tril(diagonal=nk - n)
-        scores = scores.masked_fill(~visible, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v, torch.logsumexp(scores, dim=-1)
-
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
            num_splits: int | None = None, scale: float | None = None) -> None:
@@ -76,7 +22,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
     assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
 
-    ref_out, ref_lse = _reference(q, k, v, causal=causal, scale=scale)
+    ref_out, ref_lse = reference(q, k, v, causal=causal, scale=scale)
     out_tol, lse_tol = TOLERANCES[q.dtype]
     rel = ((out.cpu().double() - ref_out).norm() / ref_out.norm()).item()
     lse_err = (lse.cpu().double() - ref_lse).abs().max().item()
@@ -102,9 +48,9 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
         pytest.param(1, 2, 1, 16, 4097, 64, True, F32, None, id="long-spec16-causal"),
     ],
 )
-def test_matches_reference(b: int, h: int, hkv: int, n: int, nk: int, d: int, causal: bool,
+def test_matchesreference(b: int, h: int, hkv: int, n: int, nk: int, d: int, causal: bool,
                            dtype: torch.dtype, splits: int | None) -> None:
-    _check(*_inputs(b, h, hkv, n, nk, d, dtype), causal=causal, num_splits=splits)
+    _check(*make_inputs(b, h, hkv, n, nk, d, dtype), causal=causal, num_splits=splits)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -112,11 +58,11 @@ def test_matches_reference(b: int, h: int, hkv: int, n: int, nk: int, d: int, ca
 def test_more_splits_than_key_tiles(splits: int, causal: bool) -> None:
     # 1025 keys: the last tile holds one key, which under the causal mask the first 15 query
     # positions do not see, so their split is empty and must weigh nothing in the combine.
-    _check(*_inputs(1, 4, 2, 16, 1025, 64, F32), causal=causal, num_splits=splits)
+    _check(*make_inputs(1, 4, 2, 16, 1025, 64, F32), causal=causal, num_splits=splits)
 
 
 def test_split_count_does_not_change_the_result() -> None:
-    q, k, v = _inputs(1, 4, 1, 4, 700, 64, F32)
+    q, k, v = make_inputs(1, 4, 1, 4, 700, 64, F32)
     outs = [decode_forward(q, k, v, causal=True, scale=0.125, num_splits=s) for s in (1, 2, 7)]
     for out, lse in outs[1:]:
         torch.testing.assert_close(out, outs[0][0], rtol=1e-5, atol=1e-6)
@@ -126,14 +72,14 @@ def test_split_count_does_not_change_the_result() -> None:
 @pytest.mark.parametrize(("head_dim", "dtype"), [
     (d, dt) for d in (32, 64, 96, 128, 256) for dt in DTYPES if not (d == 256 and dt == F32)])
 def test_every_head_dim_and_dtype(head_dim: int, dtype: torch.dtype) -> None:
-    _check(*_inputs(1, 4, 2, 2, 300, head_dim, dtype), causal=True, num_splits=2)
+    _check(*make_inputs(1, 4, 2, 2, 300, head_dim, dtype), causal=True, num_splits=2)
 
 
 @pytest.mark.parametrize(("layout", "n", "dtype"),
                          [("bnhd", 1, BF16), ("bnhd", 4, F32), ("strided_d", 4, F16)])
-def test_non_contiguous_inputs(layout: str, n: int, dtype: torch.dtype) -> None:
+def test_non_contiguousmake_inputs(layout: str, n: int, dtype: torch.dtype) -> None:
     # bnhd at one query merges heads and queries as a view; at four, q is copied.
-    q, k, v = _inputs(1, 4, 2, n, 300, 64, dtype, layout=layout)
+    q, k, v = make_inputs(1, 4, 2, n, 300, 64, dtype, layout=layout)
     assert not (k.is_contiguous() or v.is_contiguous())
     _check(q, k, v, causal=True, num_splits=3)
 
@@ -161,14 +107,14 @@ def test_reads_nothing_outside_the_tensors(n: int, head_dim: int, causal: bool) 
 
 @pytest.mark.parametrize("scale", [0.05, 1.0])
 def test_scale_is_applied(scale: float) -> None:
-    _check(*_inputs(1, 4, 2, 4, 300, 32, F32), causal=True, scale=scale, num_splits=2)
+    _check(*make_inputs(1, 4, 2, 4, 300, 32, F32), causal=True, scale=scale, num_splits=2)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_key_tile(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
     # The GPU's 64-key tiles change where splits and the causal tail fall.
     monkeypatch.setattr(triton_decode, "_launch_config", lambda *_: (64, 4, 4))
-    _check(*_inputs(1, 8, 2, 4, 1000, 64, F32), causal=causal, num_splits=3)
+    _check(*make_inputs(1, 8, 2, 4, 1000, 64, F32), causal=causal, num_splits=3)
 
 
 def test_choose_num_splits() -> None:
@@ -240,10 +186,10 @@ def test_unsupported_reason_accepts(override: dict[str, object]) -> None:
 
 
 def test_decode_forward_refuses_bad_arguments() -> None:
-    q, k, v = _inputs(1, 2, 1, 80, 100, 64, F32)
+    q, k, v = make_inputs(1, 2, 1, 80, 100, 64, F32)
     with pytest.raises(ValueError, match="128-row tile"):
         decode_forward(q, k, v, causal=False, scale=0.1)
-    q, k, v = _inputs(1, 2, 1, 1, 100, 64, F32)
+    q, k, v = make_inputs(1, 2, 1, 1, 100, 64, F32)
     with pytest.raises(ValueError, match="num_splits"):
         decode_forward(q, k, v, causal=False, scale=0.1, num_splits=0)
 
@@ -257,9 +203,9 @@ def test_gpu_error_within_twice_sdpa(dtype: torch.dtype, out_tol: float, b: int,
                                      causal: bool) -> None:
     # Against an fp32 reference on the same inputs: within the dtype's tolerance, and at most
     # twice the error of PyTorch's own kernel.
-    q, k, v = _inputs(b, 32, 8, n, nk, 128, dtype, device="cuda", seed=nk)
+    q, k, v = make_inputs(b, 32, 8, n, nk, 128, dtype, device="cuda", seed=nk)
     scale = 1.0 / math.sqrt(128)
-    ref, ref_lse = _reference(q, k, v, causal=causal, scale=scale, dtype=torch.float32,
+    ref, ref_lse = reference(q, k, v, causal=causal, scale=scale, dtype=torch.float32,
                               device="cuda")
     out, lse = decode_forward(q, k, v, causal=causal, scale=scale)
     # SDPA's is_causal aligns the diagonal top-left; this kernel's mask is bottom-right.

@@ -3,67 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
+from kernel_inputs import (BF16, DEVICE, DTYPES, F16, F32, INTERPRET, TOLERANCES, make_inputs,
+                           reference)
+
 from flashbench.kernels import triton_flash
 from flashbench.kernels.triton_flash import SUPPORTED_HEAD_DIMS, attention_forward, unsupported_reason
-
-# conftest.py turns the interpreter on when there is no GPU; it then runs on CPU tensors.
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRET else "cuda"
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-# dtype -> (max ||out - ref|| / ||ref||, max |lse - ref_lse|). The reference sees the same rounded inputs,
-# so the error is the kernel's own: output rounding plus, on GPU, P rounded to the input dtype.
-TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
-    # The interpreter's fp32 tl.dot is exact IEEE; on GPU fp32 inputs go through TF32 tensor cores.
-    torch.float32: (1e-5, 1e-4) if INTERPRET else (5e-3, 5e-3),
-    torch.float16: (2e-3, 1e-3),
-    torch.bfloat16: (1e-2, 1e-3),
-}
-
-
-def _make(
-    shape: tuple[int, int, int, int], dtype: torch.dtype, gen: torch.Generator, layout: str, device: str
-) -> torch.Tensor:
-    b, h, n, d = shape
-    # Round to the dtype and move before taking views, so the views keep their strides.
-    if layout == "bnhd":  # a fused projection's (B, N, H, D) output viewed as (B, H, N, D)
-        return torch.randn(b, n, h, d, generator=gen).to(device=device, dtype=dtype).transpose(1, 2)
-    if layout == "strided_d":  # head dim not unit-stride
-        return torch.randn(b, h, n, 2 * d, generator=gen).to(device=device, dtype=dtype)[..., ::2]
-    assert layout == "contiguous"
-    return torch.randn(b, h, n, d, generator=gen).to(device=device, dtype=dtype)
-
-
-def _inputs(
-    b: int, h: int, hkv: int, n: int, nk: int, d: int, dtype: torch.dtype,
-    *, layout: str = "contiguous", device: str = DEVICE, seed: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    q = _make((b, h, n, d), dtype, gen, layout, device)
-    k = _make((b, hkv, nk, d), dtype, gen, layout, device)
-    v = _make((b, hkv, nk, d), dtype, gen, layout, device)
-    return q, k, v
-
-
-def _reference(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float,
-    dtype: torch.dtype = torch.float64, device: str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    q, k, v = (t.to(device=device, dtype=dtype) for t in (q, k, v))
-    group = q.shape[1] // k.shape[1]
-    k = k.repeat_interleave(group, dim=1)
-    v = v.repeat_interleave(group, dim=1)
-    scores = (q @ k.transpose(-1, -2)) * scale
-    if causal:
-        n, nk = scores.shape[-2:]
-        visible = torch.ones(n, nk, dtype=torch.bool, device=device).tril(diagonal=nk - n)
-        scores = scores.masked_fill(~visible, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v, torch.logsumexp(scores, dim=-1)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float | None = None) -> None:
@@ -73,15 +21,13 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, s
     assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
 
-    ref_out, ref_lse = _reference(q, k, v, causal=causal, scale=scale)
+    ref_out, ref_lse = reference(q, k, v, causal=causal, scale=scale)
     out_tol, lse_tol = TOLERANCES[q.dtype]
     rel = ((out.cpu().double() - ref_out).norm() / ref_out.norm()).item()
     lse_err = (lse.cpu().double() - ref_lse).abs().max().item()
     assert rel < out_tol, f"relative output error {rel:.3e} >= {out_tol:.0e}"
     assert lse_err < lse_tol, f"max lse error {lse_err:.3e} >= {lse_tol:.0e}"
 
-
-F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 
 
 @pytest.mark.parametrize(
@@ -103,19 +49,19 @@ F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
     ],
 )
 def test_matches_reference(b: int, h: int, hkv: int, n: int, nk: int, d: int, causal: bool, dtype: torch.dtype) -> None:
-    _check(*_inputs(b, h, hkv, n, nk, d, dtype), causal=causal)
+    _check(*make_inputs(b, h, hkv, n, nk, d, dtype), causal=causal)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("head_dim", SUPPORTED_HEAD_DIMS)
 def test_every_head_dim_and_dtype(head_dim: int, dtype: torch.dtype) -> None:
-    _check(*_inputs(1, 2, 1, 40, 57, head_dim, dtype), causal=True)
+    _check(*make_inputs(1, 2, 1, 40, 57, head_dim, dtype), causal=True)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize(("layout", "dtype"), [("bnhd", BF16), ("bnhd", F32), ("strided_d", F16)])
 def test_non_contiguous_inputs(layout: str, dtype: torch.dtype, causal: bool) -> None:
-    q, k, v = _inputs(2, 4, 2, 35, 50, 64, dtype, layout=layout)
+    q, k, v = make_inputs(2, 4, 2, 35, 50, 64, dtype, layout=layout)
     assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous())
     _check(q, k, v, causal=causal)
 
@@ -142,7 +88,7 @@ def test_reads_nothing_outside_the_tensors(head_dim: int, causal: bool) -> None:
 
 @pytest.mark.parametrize("scale", [0.05, 1.0])
 def test_scale_is_applied(scale: float) -> None:
-    _check(*_inputs(1, 2, 2, 30, 40, 32, F32), causal=True, scale=scale)
+    _check(*make_inputs(1, 2, 2, 30, 40, 32, F32), causal=True, scale=scale)
 
 
 @pytest.mark.parametrize(("block_m", "block_n"), [(128, 64), (64, 32), (64, 16), (16, 64)])
@@ -151,7 +97,7 @@ def test_gpu_tile_shapes(monkeypatch: pytest.MonkeyPatch, block_m: int, block_n:
     # The tile split into unmasked and masked loops must hold for the GPU tile shapes too, including BLOCK_N > BLOCK_M.
     config = triton_flash.LaunchConfig(block_m=block_m, block_n=block_n, num_warps=4, num_stages=2)
     monkeypatch.setattr(triton_flash, "_launch_config", lambda *_: config)
-    _check(*_inputs(1, 2, 1, 150, 203, 64, F32), causal=causal)
+    _check(*make_inputs(1, 2, 1, 150, 203, 64, F32), causal=causal)
 
 
 SUPPORTED_SHAPE = dict(heads=8, kv_heads=2, seq_len=100, kv_len=200, head_dim=128, dtype=torch.bfloat16, causal=True)
@@ -192,10 +138,10 @@ def test_unsupported_reason_accepts(override: dict[str, object]) -> None:
 
 
 def test_attention_forward_refuses_unsupported_shapes() -> None:
-    q, k, v = _inputs(1, 2, 2, 8, 8, 80, F32)
+    q, k, v = make_inputs(1, 2, 2, 8, 8, 80, F32)
     with pytest.raises(ValueError, match="head_dim"):
         attention_forward(q, k, v, causal=False, scale=0.1)
-    q, k, v = _inputs(1, 2, 2, 9, 8, 64, F32)
+    q, k, v = make_inputs(1, 2, 2, 9, 8, 64, F32)
     with pytest.raises(ValueError, match="causal"):
         attention_forward(q, k, v, causal=True, scale=0.1)
 
@@ -207,10 +153,10 @@ def test_attention_forward_refuses_unsupported_shapes() -> None:
 @pytest.mark.parametrize("kv_len", [1000, 1500])
 @pytest.mark.parametrize(("dtype", "out_tol"), [(BF16, 1e-2), (F16, 2e-3)], ids=["bf16", "fp16"])
 def test_gpu_large_shapes(dtype: torch.dtype, out_tol: float, kv_len: int, head_dim: int, causal: bool) -> None:
-    q, k, v = _inputs(2, 8, 2, 1000, kv_len, head_dim, dtype, device="cuda")
+    q, k, v = make_inputs(2, 8, 2, 1000, kv_len, head_dim, dtype, device="cuda")
     scale = 1.0 / math.sqrt(head_dim)
     out, lse = attention_forward(q, k, v, causal=causal, scale=scale)
-    ref_out, ref_lse = _reference(q, k, v, causal=causal, scale=scale, dtype=torch.float32, device="cuda")
+    ref_out, ref_lse = reference(q, k, v, causal=causal, scale=scale, dtype=torch.float32, device="cuda")
     rel = ((out.float() - ref_out).norm() / ref_out.norm()).item()
     lse_err = (lse - ref_lse).abs().max().item()
     assert rel < out_tol, f"relative output error {rel:.3e} >= {out_tol:.0e}"
@@ -226,9 +172,9 @@ def test_gpu_error_within_twice_sdpa(dtype: torch.dtype, n: int, head_dim: int, 
                                      causal: bool) -> None:
     # The bar: on the same random inputs, at most twice the error of PyTorch's own fused
     # kernel, both against an fp32 reference, with every tuned configuration the kernel may pick.
-    q, k, v = _inputs(2, 8, hkv, n, n, head_dim, dtype, device="cuda", seed=n)
+    q, k, v = make_inputs(2, 8, hkv, n, n, head_dim, dtype, device="cuda", seed=n)
     scale = 1.0 / math.sqrt(head_dim)
-    ref, _ = _reference(q, k, v, causal=causal, scale=scale, dtype=torch.float32, device="cuda")
+    ref, _ = reference(q, k, v, causal=causal, scale=scale, dtype=torch.float32, device="cuda")
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
                                                             enable_gqa=hkv != 8)
     sdpa_err = ((sdpa.float() - ref).norm() / ref.norm()).item()

@@ -1,0 +1,63 @@
+"""Random attention inputs and a float64 reference shared by the Triton kernels' tests."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# conftest.py turns the interpreter on when there is no GPU; it then runs on CPU tensors.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = "cpu" if INTERPRET else "cuda"
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+DTYPES = (F32, F16, BF16)
+
+# dtype -> (max ||out - ref|| / ||ref||, max |lse - ref_lse|). The reference sees the same
+# rounded inputs, so the error is the kernel's own: output rounding plus, on GPU, P rounded
+# to the input dtype; the interpreter's fp32 tl.dot is exact, the GPU's fp32 is TF32.
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
+    torch.float32: (1e-5, 1e-4) if INTERPRET else (5e-3, 5e-3),
+    torch.float16: (2e-3, 1e-3),
+    torch.bfloat16: (1e-2, 1e-3),
+}
+
+
+def make_tensor(
+    shape: tuple[int, int, int, int], dtype: torch.dtype, gen: torch.Generator, layout: str,
+    device: str,
+) -> torch.Tensor:
+    b, h, n, d = shape
+    # Round to the dtype and move before taking views, so the views keep their strides.
+    if layout == "bnhd":  # a fused projection's (B, N, H, D) output viewed as (B, H, N, D)
+        return torch.randn(b, n, h, d, generator=gen).to(device=device, dtype=dtype).transpose(1, 2)
+    if layout == "strided_d":  # head dim not unit-stride
+        return torch.randn(b, h, n, 2 * d, generator=gen).to(device=device, dtype=dtype)[..., ::2]
+    assert layout == "contiguous"
+    return torch.randn(b, h, n, d, generator=gen).to(device=device, dtype=dtype)
+
+
+def make_inputs(
+    b: int, h: int, hkv: int, n: int, nk: int, d: int, dtype: torch.dtype,
+    *, layout: str = "contiguous", device: str = DEVICE, seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    q = make_tensor((b, h, n, d), dtype, gen, layout, device)
+    k = make_tensor((b, hkv, nk, d), dtype, gen, layout, device)
+    v = make_tensor((b, hkv, nk, d), dtype, gen, layout, device)
+    return q, k, v
+
+
+def reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float,
+    dtype: torch.dtype = torch.float64, device: str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    q, k, v = (t.to(device=device, dtype=dtype) for t in (q, k, v))
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)
+    v = v.repeat_interleave(group, dim=1)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if causal:
+        n, nk = scores.shape[-2:]
+        visible = torch.ones(n, nk, dtype=torch.bool, device=device).tril(diagonal=nk - n)
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v, torch.logsumexp(scores, dim=-1)
