@@ -61,3 +61,20 @@ def reference(
         visible = torch.ones(n, nk, dtype=torch.bool, device=device).tril(diagonal=nk - n)
         scores = scores.masked_fill(~visible, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v, torch.logsumexp(scores, dim=-1)
+
+
+def assert_matches_reference(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor,
+                             k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                             scale: float) -> None:
+    """A kernel's (out, lse) has the right shapes and dtypes, is finite, and is within the
+    dtype's tolerance of the float64 reference on the same inputs."""
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+
+    ref_out, ref_lse = reference(q, k, v, causal=causal, scale=scale)
+    out_tol, lse_tol = TOLERANCES[q.dtype]
+    rel = ((out.cpu().double() - ref_out).norm() / ref_out.norm()).item()
+    lse_err = (lse.cpu().double() - ref_lse).abs().max().item()
+    assert rel < out_tol, f"relative output error {rel:.3e} >= {out_tol:.0e}"
+    assert lse_err < lse_tol, f"max lse error {lse_err:.3e} >= {lse_tol:.0e}"

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from kernel_inputs import (BF16, DEVICE, DTYPES, F16, F32, INTERPRET, TOLERANCES, make_inputs,
-                           reference)
+from kernel_inputs import (BF16, DEVICE, DTYPES, F16, F32, INTERPRET,
+                           assert_matches_reference, make_inputs, reference)
 
 from flashbench.kernels import triton_flash
 from flashbench.kernels.triton_flash import SUPPORTED_HEAD_DIMS, attention_forward, unsupported_reason
@@ -17,16 +17,7 @@ from flashbench.kernels.triton_flash import SUPPORTED_HEAD_DIMS, attention_forwa
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float | None = None) -> None:
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     out, lse = attention_forward(q, k, v, causal=causal, scale=scale)
-    assert out.shape == q.shape and out.dtype == q.dtype
-    assert lse.shape == q.shape[:3] and lse.dtype == torch.float32
-    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
-
-    ref_out, ref_lse = reference(q, k, v, causal=causal, scale=scale)
-    out_tol, lse_tol = TOLERANCES[q.dtype]
-    rel = ((out.cpu().double() - ref_out).norm() / ref_out.norm()).item()
-    lse_err = (lse.cpu().double() - ref_lse).abs().max().item()
-    assert rel < out_tol, f"relative output error {rel:.3e} >= {out_tol:.0e}"
-    assert lse_err < lse_tol, f"max lse error {lse_err:.3e} >= {lse_tol:.0e}"
+    assert_matches_reference(out, lse, q, k, v, causal=causal, scale=scale)
 
 
 
