@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flashbench.compare import SHAPE_FIELDS
+from flashbench.table import shape_label, varying_shape_fields
 
 __all__ = ["LEGEND", "backends_display", "fixed_shape", "markdown_table", "runs_display", "to_rich"]
 
@@ -27,17 +28,12 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def _shape_cell(field: str, value: Any) -> str:
-    if field == "causal":
-        return "causal" if value else "full"
-    return _fmt(value)
+    return shape_label(field, value) if field == "causal" else _fmt(value)
 
 
 def _varying_shape(frame: pd.DataFrame) -> list[str]:
-    cols = [f for f in SHAPE_FIELDS if f in frame and frame[f].nunique() > 1]
-    for derived, base in (("kv_len", "seq_len"), ("kv_heads", "heads")):
-        if derived in cols and (frame[derived] == frame[base]).all():
-            cols.remove(derived)
-    return cols or ["seq_len"]
+    fields = [f for f in SHAPE_FIELDS if f in frame]
+    return varying_shape_fields(frame[fields].to_dict("records")) or ["seq_len"]
 
 
 def fixed_shape(frame: pd.DataFrame) -> str:

@@ -10,7 +10,8 @@ from rich.text import Text
 
 from flashbench.cases import CASE_FIELDS
 
-__all__ = ["failure_notes", "format_bytes", "results_frame", "sweep_table"]
+__all__ = ["failure_notes", "format_bytes", "results_frame", "shape_label", "sweep_table",
+           "varying_shape_fields"]
 
 _SHAPE_FIELDS = tuple(f for f in CASE_FIELDS if f != "backend")
 _STATUS_MARK = {"unsupported": ("n/a", "dim"), "oom": ("OOM", "bold red"),
@@ -48,26 +49,33 @@ def _ms(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
-def _shape_label(field: str, value: Any) -> str:
+def shape_label(field: str, value: Any) -> str:
+    """A shape value as a table shows it (causal as causal/full)."""
     if field == "causal":
         return "causal" if value else "full"
     return str(value)
 
 
-def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
-    """Cases down, backends across (median ms, TFLOP/s, GB/s, peak memory); fastest in bold."""
-    backends = list(dict.fromkeys(r["backend"] for r in rows))
+def varying_shape_fields(rows: list[dict[str, Any]]) -> list[str]:
+    """Shape fields that differ between rows; kv_len and kv_heads only where they differ
+    from seq_len and heads (otherwise they repeat those columns)."""
     varying = [f for f in _SHAPE_FIELDS if len({r[f] for r in rows}) > 1]
-    fixed = [f for f in _SHAPE_FIELDS if f not in varying and rows]
-    # kv_len and kv_heads only earn a column where they differ from seq_len and heads.
     for derived, base in (("kv_len", "seq_len"), ("kv_heads", "heads")):
         if derived in varying and all(r[derived] == r[base] for r in rows):
             varying.remove(derived)
+    return varying
+
+
+def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
+    """Cases down, backends across (median ms, TFLOP/s, GB/s, peak memory); fastest in bold."""
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    fixed = [f for f in _SHAPE_FIELDS if len({r[f] for r in rows}) == 1]
+    varying = varying_shape_fields(rows)
     # Peak memory is a CUDA allocator figure: no column where no row has it (a CPU run).
     metrics = [("ms", None), ("TFLOP/s", "tflops"), ("GB/s", "gbps"), ("mem", "peak_alloc_bytes")]
     metrics = [(label, key) for label, key in metrics
                if key is None or any(r.get(key) is not None for r in rows)]
-    subtitle = " ".join(f"{f}={_shape_label(f, rows[0][f])}" for f in fixed)
+    subtitle = " ".join(f"{f}={shape_label(f, rows[0][f])}" for f in fixed)
     table = Table(title=f"{title}\n{subtitle}", title_justify="left", show_lines=False,
                   caption="ms: median latency · mem: peak allocated beyond the inputs "
                           "(binary units) · bold: fastest · ✗: result outside tolerance",
@@ -85,7 +93,7 @@ def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
         shape = dict(zip(_SHAPE_FIELDS, key))
         timed = [r["median_ms"] for r in cells.values() if r["status"] == "ok"]
         fastest = min(timed) if timed else None
-        line: list[Any] = [_shape_label(f, shape[f]) for f in varying]
+        line: list[Any] = [shape_label(f, shape[f]) for f in varying]
         for b in backends:
             r = cells.get(b)
             blank = [""] * (len(metrics) - 1)
