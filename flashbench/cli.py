@@ -105,7 +105,7 @@ def run(
     dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 (comma-separated)."),
     causal: Optional[bool] = typer.Option(None, "--causal/--no-causal",
                                           help="Only causal, or only full attention."),
-    mode: Optional[str] = typer.Option(None, help="fwd (bwd and fwd_bwd: not yet)."),
+    mode: Optional[str] = typer.Option(None, help="fwd, bwd (backward alone) or fwd_bwd."),
     device: Optional[str] = typer.Option(None, help="auto, cuda or cpu."),
     l2: Optional[str] = typer.Option(None, help="cold: flush L2 before every sample; hot: don't."),
     budget_ms: Optional[float] = typer.Option(None, help="Timing budget per case, ms."),
@@ -181,14 +181,18 @@ def run(
 def _report_sweep(result: SweepResult, strict: bool, *, resumed: bool) -> None:
     """The table on stdout; failures, the summary and how to go on on stderr; the exit code."""
     from flashbench.table import failure_notes, sweep_table
+    from flashbench.telemetry import telemetry_notes
 
     env = result.meta["environment"]
     where = env.get("gpu_name") or f"CPU ({env.get('cpu')})"
     name = result.meta["config"].get("name", "custom")
     if result.rows:
         _stdout().print(sweep_table(result.rows, title=f"flashbench {name} on {where}"))
-    for note in failure_notes(result.rows):
+    for note in failure_notes(result.rows) + telemetry_notes(result.rows):
         typer.echo(note, err=True)
+    if env.get("gpu_uuid") and not env.get("ceilings"):
+        typer.echo("note: this GPU is not calibrated; `flashbench calibrate` measures its "
+                   "ceilings, and later runs report pct_peak_flops and pct_peak_bw", err=True)
     counts: dict[str, int] = {}
     for r in result.rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -275,10 +279,11 @@ def list_backends(
 def env(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """The environment a run would record: GPU, driver, CUDA, torch, triton, versions."""
+    """The environment a run records: GPU, driver, CUDA, torch, triton, cuDNN, SDPA backends,
+    NVML, calibration, versions; and what this machine lacks."""
     import json
 
-    from flashbench.env import capture_environment
+    from flashbench.env import capture_environment, environment_items
     from flashbench.measure import select_device
 
     info = capture_environment(select_device("auto"))
@@ -288,8 +293,9 @@ def env(
     from rich.table import Table
 
     table = Table(show_header=False)
-    for k, v in info.items():
-        table.add_row(k, "–" if v is None else str(v))
+    for label, value in environment_items(info):
+        table.add_row(label, "–" if value is None else str(value),
+                      style="yellow" if label == "missing" else "")
     _stdout().print(table)
 
 

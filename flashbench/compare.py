@@ -13,6 +13,7 @@ import pandas as pd
 
 from flashbench.cases import CASE_FIELDS
 from flashbench.stats import summarize
+from flashbench.telemetry import off_clock, run_clock
 
 __all__ = [
     "NOISY_IQR_OVER_MEDIAN",
@@ -26,26 +27,12 @@ __all__ = [
 SHAPE_FIELDS: tuple[str, ...] = tuple(f for f in CASE_FIELDS if f != "backend")
 # A cell whose samples spread this much (IQR over median) is marked noisy rather than hidden.
 NOISY_IQR_OVER_MEDIAN = 0.05
-# A case whose SM clock differs from the run's median clock by more than this is marked.
-CLOCK_DEVIATION = 0.03
 _TIMED = ("ok", "mismatch")
 
 
 def _is_noisy(row: dict[str, Any]) -> bool:
     samples = row.get("samples_ms") or []
     return len(samples) >= 3 and summarize(samples).iqr_over_median > NOISY_IQR_OVER_MEDIAN
-
-
-def _run_clock(rows: list[dict[str, Any]]) -> float | None:
-    clocks = [r["sm_clock_mhz"] for r in rows if r.get("sm_clock_mhz")]
-    return float(np.median(clocks)) if clocks else None
-
-
-def _is_throttled(row: dict[str, Any], run_clock: float | None) -> bool:
-    if row.get("throttle"):
-        return True
-    clock = row.get("sm_clock_mhz")
-    return bool(clock and run_clock and abs(clock - run_clock) / run_clock > CLOCK_DEVIATION)
 
 
 def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) -> pd.DataFrame:
@@ -57,7 +44,7 @@ def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) ->
     or the SM clock strayed from the run's median), and ``fastest`` names the fastest backend.
     """
     backends = list(dict.fromkeys(r["backend"] for r in rows))
-    run_clock = _run_clock(rows)
+    clock = run_clock(rows)
     by_shape: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_shape.setdefault(tuple(r[f] for f in SHAPE_FIELDS), {})[r["backend"]] = r
@@ -82,7 +69,7 @@ def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) ->
             record[f"{b}:tflops"] = r.get("tflops") if t else None
             record[f"{b}:speedup"] = ok[base] / t if (t and base) else None
             record[f"{b}:noisy"] = bool(r and t and _is_noisy(r))
-            record[f"{b}:throttled"] = bool(r and t and _is_throttled(r, run_clock))
+            record[f"{b}:throttled"] = bool(r and t and off_clock(r, clock))
         records.append(record)
     return pd.DataFrame.from_records(records)
 

@@ -6,14 +6,15 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 import flashbench
 from flashbench import telemetry
 
-__all__ = ["capture_environment", "git_commit"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["capture_environment", "environment_items", "git_commit"]
 
 
 def git_commit() -> str | None:
@@ -46,6 +47,8 @@ def _triton_version() -> str | None:
 
 
 def _gpu(device: torch.device) -> dict[str, Any]:
+    import torch
+
     props = torch.cuda.get_device_properties(device)
     uuid = str(props.uuid)
     info: dict[str, Any] = {
@@ -70,11 +73,46 @@ def _gpu(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def _backends(device: torch.device) -> dict[str, str]:
+    """Each registered backend: 'available', or why it cannot run on ``device``."""
+    from flashbench.backends import registry
+
+    out = {}
+    for name, backend in registry().items():
+        try:
+            out[name] = backend.unavailable(device) or "available"
+        except Exception as e:  # a plugin's own check failing says as much about it
+            out[name] = f"its availability check failed: {type(e).__name__}: {e}"
+    return out
+
+
+def _missing(env: dict[str, Any]) -> list[str]:
+    """What this environment cannot record or do, one line each (empty on a complete GPU box)."""
+    missing = []
+    if not env.get("gpu_name"):
+        missing.append("no CUDA device: GPU model, UUID, memory, SMs, L2 and CUDA-event timing "
+                       "are not available")
+    if not env["nvml"]:
+        missing.append(f"NVML ({telemetry.nvml_error()}): no driver version, clocks, power, "
+                       "temperature or throttle telemetry")
+    if env.get("ceilings") is None:
+        missing.append("not calibrated (`flashbench calibrate`): no pct_peak_flops / pct_peak_bw")
+    if not env.get("triton"):
+        missing.append("triton is not installed: the triton backend cannot run")
+    return missing
+
+
 def capture_environment(device: torch.device) -> dict[str, Any]:
+    """The record a run keeps in meta.json and `flashbench env` prints: works without a GPU."""
+    import torch
+
+    from flashbench.calibrate import load_ceilings
+
     env: dict[str, Any] = {
         "device": str(device),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -86,4 +124,29 @@ def capture_environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         env |= _gpu(device)
+    env["backends"] = _backends(device)
+    env["ceilings"] = load_ceilings(env)
+    env["missing"] = _missing(env)
     return env
+
+
+def _ceilings_line(record: dict[str, Any]) -> str:
+    rates = " · ".join(f"{d} {v:,.1f} TFLOP/s" for d, v in record["matmul_tflops"].items())
+    return (f"{rates} · copy {record['copy_gbps']:,.0f} GB/s "
+            f"(calibrated {record.get('calibrated_at', '?')})")
+
+
+def environment_items(env: dict[str, Any]) -> list[tuple[str, Any]]:
+    """An environment record as (label, value) lines for a table: nested parts spelled out
+    as text, the rest as recorded."""
+    items: list[tuple[str, Any]] = []
+    for key, value in env.items():
+        if key == "backends" and isinstance(value, dict):
+            items += [(f"backend {name}", state) for name, state in value.items()]
+        elif key == "ceilings":
+            items.append((key, _ceilings_line(value) if isinstance(value, dict) else "–"))
+        elif key == "missing" and isinstance(value, list):
+            items += [("missing", line) for line in value]
+        else:
+            items.append((key, value))
+    return items

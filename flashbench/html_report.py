@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flashbench.env import environment_items
+
 __all__ = ["render_html"]
 
 # What each plot from flashbench.plots shows; other images are captioned with their file name.
@@ -134,7 +136,7 @@ def _environment(meta: dict[str, Any]) -> str:
     config = meta.get("config")
     if isinstance(config, dict) and config.get("name"):
         items.append(("config", config["name"]))
-    items += list((meta.get("environment") or {}).items())
+    items += environment_items(meta.get("environment") or {})
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th>"
                    f"<td>{html.escape(_env_value(str(k), v))}</td></tr>" for k, v in items)
     return f'<div class="scroll"><table class="env"><tbody>{rows}</tbody></table></div>'

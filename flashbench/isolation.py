@@ -323,7 +323,8 @@ class InProcessExecutor:
     def measure(self, case: Case, timeout_s: float) -> dict[str, Any] | None:
         from flashbench.measure import measure_case
 
-        return measure_case(case, self._device, self._policy, self._handle)
+        return measure_case(case, self._device, self._policy, self._handle,
+                            self.environment.get("ceilings"))
 
     def close(self) -> None:
         pass

@@ -11,7 +11,7 @@ import math
 import os
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -20,18 +20,20 @@ from flashbench.backends import get_backend, torch_dtype
 from flashbench.cases import Case, Mode, Status
 from flashbench.reference import (REFERENCE_CHUNK_BYTES, TOLERANCE, errors, reference_attention,
                                   reference_gradients)
-from flashbench.telemetry import TelemetrySampler, memory_used_bytes
+from flashbench.roofline import ROOFLINE_FIELDS, roofline_fields
+from flashbench.telemetry import TELEMETRY_FIELDS, TelemetrySampler, memory_used_bytes
 from flashbench.timing import TimingPolicy, time_callable
 
-__all__ = ["RESULT_FIELDS", "blank_row", "measure_case", "select_device"]
+__all__ = ["RESULT_FIELDS", "Refused", "blank_row", "case_call", "make_inputs", "measure_case",
+           "mode_call", "one_line", "select_device"]
 
 RESULT_FIELDS: tuple[str, ...] = (
     "status", "error", "resolved_backend", "device", "timer", "l2", "samples_ms",
     "median_ms", "mean_ms", "std_ms", "min_ms", "p20_ms", "p80_ms", "n_samples",
-    "flops", "tflops", "hbm_bytes", "gbps",
+    "flops", "tflops", "hbm_bytes", "gbps", *ROOFLINE_FIELDS,
     "peak_alloc_bytes", "peak_reserved_bytes", "nvml_used_bytes",
     "max_abs_err", "rel_err", "setup_ms",
-    "sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "throttle", "nvml_mem_util_pct",
+    *TELEMETRY_FIELDS,
 )
 
 # SDPA refuses a forced backend with these words; the warnings it raised just before say why.
@@ -59,10 +61,11 @@ def blank_row(case: Case, device: torch.device, policy: TimingPolicy) -> dict[st
                timer="cuda-events" if device.type == "cuda" else "perf-counter",
                flops=costs.flops(case),
                hbm_bytes=costs.hbm_bytes(case, costs.algorithm_of(case.backend)))
+    row.update(roofline_fields(row, None))
     return row
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}"[:500]
 
@@ -95,7 +98,7 @@ def _predicted_oom(case: Case, device: torch.device) -> str | None:
     return None
 
 
-def _make_inputs(case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
+def make_inputs(case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
     """Random normal Q, K, V drawn afresh per case from the case's own seed."""
     gen = torch.Generator(device=device).manual_seed(case.seed)
     dtype = torch_dtype(case.dtype)
@@ -115,8 +118,11 @@ def _release(device: torch.device) -> None:
 
 
 def measure_case(case: Case, device: torch.device, policy: TimingPolicy,
-                 nvml_handle: Any | None = None) -> dict[str, Any]:
-    """Run one case end to end; always returns a row, whatever happened."""
+                 nvml_handle: Any | None = None,
+                 ceilings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run one case end to end; always returns a row, whatever happened.
+
+    ``ceilings`` (flashbench.calibrate's record for this device) adds the shares of peak."""
     row = blank_row(case, device, policy)
     backend = get_backend(case.backend)
     reason = backend.unavailable(device) or backend.unsupported(case)
@@ -128,18 +134,43 @@ def measure_case(case: Case, device: torch.device, policy: TimingPolicy,
     _release(device)
     try:
         _measure_into(row, case, backend, device, policy, nvml_handle)
+        row.update(roofline_fields(row, ceilings))
     except torch.OutOfMemoryError as e:
-        row.update(status=Status.OOM.value, error=_one_line(e)[:300])
-    except _Refused as e:
+        row.update(status=Status.OOM.value, error=one_line(e)[:300])
+    except Refused as e:
         row.update(status=Status.UNSUPPORTED.value, error=str(e))
     except Exception as e:  # any other failure is this case's status; the sweep goes on
-        row.update(status=Status.ERROR.value, error=_one_line(e))
+        row.update(status=Status.ERROR.value, error=one_line(e))
     finally:
         _release(device)
     return row
 
 
-class _Refused(Exception):
+def _grad_output(case: Case, q: torch.Tensor) -> torch.Tensor:
+    gen = torch.Generator(device=q.device).manual_seed(case.seed + 1)
+    return torch.randn(q.shape, generator=gen, device=q.device, dtype=q.dtype)
+
+
+def case_call(case: Case, device: torch.device) -> Callable[[], Any]:
+    """The call a sweep times for ``case``, on the same inputs, prepared (tuned, compiled) and
+    ready: what ``flashbench profile`` runs under a profiler."""
+    backend = get_backend(case.backend)
+    reason = backend.unavailable(device) or backend.unsupported(case)
+    if reason:
+        raise Refused(reason)
+    q, k, v = make_inputs(case, device)
+    dout = None
+    if case.mode is not Mode.FWD:
+        dout = _grad_output(case, q)
+        for t in (q, k, v):
+            t.requires_grad_()
+    fn = backend.prepare(q, k, v, causal=case.causal, scale=1.0 / math.sqrt(case.head_dim))
+    run = mode_call(fn, case.mode, (q, k, v), dout)
+    _first_call(run, case.backend)  # a refusal is raised here, as in a sweep
+    return run
+
+
+class Refused(Exception):
     """The backend declined the case when called (SDPA's 'No available kernel')."""
 
 
@@ -152,11 +183,11 @@ def _first_call(fn, backend_name: str) -> torch.Tensor:
             if any(word in str(e) for word in _SDPA_REFUSALS):
                 reasons = [" ".join(str(w.message).split()) for w in caught]
                 detail = "; ".join(dict.fromkeys(r for r in reasons if r)) or str(e).split(".")[0]
-                raise _Refused(f"{backend_name} refused: {detail}"[:500]) from None
+                raise Refused(f"{backend_name} refused: {detail}"[:500]) from None
             raise
 
 
-def _mode_call(fn, mode: Mode, inputs: tuple[torch.Tensor, ...], dout: torch.Tensor | None):
+def mode_call(fn, mode: Mode, inputs: tuple[torch.Tensor, ...], dout: torch.Tensor | None):
     """The timed call of a mode: the forward; forward and backward; or the backward alone,
     replayed from one saved forward graph (retain_graph), so its samples hold no forward."""
     if mode is Mode.FWD:
@@ -176,7 +207,7 @@ def _worst_errors(results: tuple[torch.Tensor, ...], refs: tuple[torch.Tensor, .
 
 def _measure_into(row: dict[str, Any], case: Case, backend, device: torch.device,
                   policy: TimingPolicy, nvml_handle: Any | None) -> None:
-    q, k, v = _make_inputs(case, device)
+    q, k, v = make_inputs(case, device)
     scale = 1.0 / math.sqrt(case.head_dim)
     ref_dtype = torch.float32 if device.type == "cuda" else torch.float64
     dout = None
@@ -184,8 +215,7 @@ def _measure_into(row: dict[str, Any], case: Case, backend, device: torch.device
         refs: tuple[torch.Tensor, ...] = (
             reference_attention(q, k, v, causal=case.causal, scale=scale, dtype=ref_dtype),)
     else:
-        gen = torch.Generator(device=device).manual_seed(case.seed + 1)
-        dout = torch.randn(q.shape, generator=gen, device=device, dtype=q.dtype)
+        dout = _grad_output(case, q)
         # Gradients are checked, the forward's output is checked by the fwd mode.
         refs = reference_gradients(q, k, v, dout, causal=case.causal, scale=scale,
                                    dtype=ref_dtype)[1:]
@@ -194,7 +224,7 @@ def _measure_into(row: dict[str, Any], case: Case, backend, device: torch.device
     # Preparing may autotune and compile (our Triton kernel): timed apart from the samples.
     started = time.perf_counter()
     fn = backend.prepare(q, k, v, causal=case.causal, scale=scale)
-    run = _mode_call(fn, case.mode, (q, k, v), dout)
+    run = mode_call(fn, case.mode, (q, k, v), dout)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row["setup_ms"] = (time.perf_counter() - started) * 1e3

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flashbench.cases import CASE_FIELDS
+from flashbench.telemetry import off_clock, run_clock
 
 __all__ = ["failure_notes", "format_bytes", "results_frame", "shape_label", "sweep_table",
            "varying_shape_fields"]
@@ -78,7 +79,8 @@ def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
     subtitle = " ".join(f"{f}={shape_label(f, rows[0][f])}" for f in fixed)
     table = Table(title=f"{title}\n{subtitle}", title_justify="left", show_lines=False,
                   caption="ms: median latency · mem: peak allocated beyond the inputs "
-                          "(binary units) · bold: fastest · ✗: result outside tolerance",
+                          "(binary units) · bold: fastest · ✗: result outside tolerance · "
+                          "!: throttled or SM clock off the run's median",
                   caption_justify="left")
     for f in varying:
         table.add_column(f, justify="right", style="cyan")
@@ -86,6 +88,7 @@ def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
         for label, _ in metrics:
             table.add_column(f"{b}\n{label}", justify="right")
 
+    clock = run_clock(rows)
     by_shape: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_shape.setdefault(tuple(r[f] for f in _SHAPE_FIELDS), {})[r["backend"]] = r
@@ -102,10 +105,12 @@ def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
             elif r["status"] in ("ok", "mismatch"):
                 style = "bold green" if r["median_ms"] == fastest else ""
                 mark = " ✗" if r["status"] == "mismatch" else ""
+                clock_mark = "!" if off_clock(r, clock) else ""
                 cells_of = {"tflops": Text(_num(r["tflops"]), style=style),
                             "gbps": _num(r["gbps"]),
                             "peak_alloc_bytes": format_bytes(r["peak_alloc_bytes"])}
-                line += [Text(_ms(r["median_ms"]) + mark, style="bold red" if mark else style),
+                line += [Text(_ms(r["median_ms"]) + clock_mark + mark,
+                              style="bold red" if mark else style),
                          *(cells_of[key] for _, key in metrics[1:])]
             else:
                 text, style = _STATUS_MARK.get(r["status"], (r["status"], "red"))

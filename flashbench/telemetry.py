@@ -10,7 +10,16 @@ import statistics
 import threading
 from typing import Any
 
-__all__ = ["TelemetrySampler", "decode_throttle", "memory_used_bytes", "nvml_handle", "nvml_module"]
+__all__ = ["CLOCK_DEVIATION", "TELEMETRY_FIELDS", "TelemetrySampler", "decode_throttle",
+           "memory_used_bytes", "nvml_error", "nvml_handle", "nvml_module", "off_clock",
+           "run_clock", "telemetry_notes"]
+
+TELEMETRY_FIELDS = ("sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "throttle",
+                    "nvml_mem_util_pct", "gpu_mem_used_bytes")
+
+# A case whose median SM clock differs from the run's median clock by more than this share is
+# marked: its time is not comparable with its neighbours' (a boost that ended, a power cap).
+CLOCK_DEVIATION = 0.03
 
 # nvmlClocksEventReasons bits (nvml.h); "gpu_idle" is left out of a case's summary because the
 # card idles between synchronizations of the timing loop, which is not throttling.
@@ -28,11 +37,12 @@ _THROTTLE_BITS: dict[int, str] = {
 
 _init_lock = threading.Lock()
 _initialized: bool | None = None
+_init_error: str | None = None
 
 
 def nvml_module():
-    """The pynvml module after nvmlInit, or None when NVML cannot start here."""
-    global _initialized
+    """The pynvml module after nvmlInit, or None when NVML cannot start here (nvml_error says why)."""
+    global _initialized, _init_error
     with _init_lock:
         if _initialized is None:
             try:
@@ -40,13 +50,19 @@ def nvml_module():
 
                 pynvml.nvmlInit()
                 _initialized = True
-            except Exception:  # ImportError, or NVMLError when there is no driver: no telemetry
+            except Exception as e:  # ImportError, or NVMLError when there is no driver: no telemetry
                 _initialized = False
+                _init_error = f"{type(e).__name__}: {e}"
     if not _initialized:
         return None
     import pynvml
 
     return pynvml
+
+
+def nvml_error() -> str | None:
+    """Why NVML is not available here, or None when it is."""
+    return None if nvml_module() is not None else _init_error
 
 
 def nvml_handle(uuid: str | None = None, index: int = 0) -> Any | None:
@@ -91,14 +107,14 @@ def _read(nvml, handle) -> dict[str, float | int]:
         "temp": nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
         "reasons": int(get_reasons(handle)),
         "mem_util": nvml.nvmlDeviceGetUtilizationRates(handle).memory,
+        "mem_used": int(nvml.nvmlDeviceGetMemoryInfo(handle).used),
     }
 
 
 class TelemetrySampler:
     """Polls NVML on a background thread while a block runs; ``summary()`` gives row fields."""
 
-    EMPTY = {"sm_clock_mhz": None, "mem_clock_mhz": None, "power_w": None, "temp_c": None,
-             "throttle": None, "nvml_mem_util_pct": None}
+    EMPTY = dict.fromkeys(TELEMETRY_FIELDS)
 
     def __init__(self, handle: Any | None, interval_s: float = 0.01):
         self._handle = handle
@@ -141,4 +157,37 @@ class TelemetrySampler:
             "temp_c": max(s["temp"] for s in self._samples),
             "throttle": ";".join(decode_throttle(mask)),
             "nvml_mem_util_pct": round(statistics.fmean(s["mem_util"] for s in self._samples), 1),
+            "gpu_mem_used_bytes": max(s["mem_used"] for s in self._samples),
         }
+
+
+def run_clock(rows: list[dict[str, Any]]) -> float | None:
+    """The median SM clock of a run's cases, or None without telemetry."""
+    clocks = [r["sm_clock_mhz"] for r in rows if r.get("sm_clock_mhz")]
+    return statistics.median(clocks) if clocks else None
+
+
+def off_clock(row: dict[str, Any], clock: float | None) -> bool:
+    """Whether a case throttled or ran at a clock more than CLOCK_DEVIATION from ``clock``."""
+    if row.get("throttle"):
+        return True
+    sm = row.get("sm_clock_mhz")
+    return bool(sm and clock and abs(sm - clock) / clock > CLOCK_DEVIATION)
+
+
+def telemetry_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per throttle reason seen and one for clocks off the run's median, if any."""
+    clock = run_clock(rows)
+    notes: list[str] = []
+    reasons: dict[str, int] = {}
+    for r in rows:
+        for name in filter(None, (r.get("throttle") or "").split(";")):
+            reasons[name] = reasons.get(name, 0) + 1
+    notes += [f"telemetry: {n} case(s) saw {name}" for name, n in sorted(reasons.items())]
+    stray = [r for r in rows if not r.get("throttle") and off_clock(r, clock)]
+    if stray:
+        clocks = sorted(r["sm_clock_mhz"] for r in stray)
+        notes.append(f"telemetry: {len(stray)} case(s) ran at an SM clock more than "
+                     f"{CLOCK_DEVIATION:.0%} off the run's median {clock:.0f} MHz "
+                     f"({clocks[0]:.0f}–{clocks[-1]:.0f} MHz)")
+    return notes

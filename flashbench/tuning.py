@@ -9,11 +9,11 @@ is prepared, outside every timed sample; flashbench reports its time as the row'
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
+
+from flashbench.user_cache import cache_dir, load_entries, store_entry
 
 __all__ = ["cache_path", "tune"]
 
@@ -23,27 +23,12 @@ _MIN_TUNE_MS = 20.0
 
 
 def cache_path() -> Path:
-    root = os.environ.get("FLASHBENCH_CACHE_DIR")
-    if root:
-        return Path(root) / "tuning.json"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "flashbench" / "tuning.json"
-
-
-def _load(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}  # no cache yet, or a damaged one: tune again
+    return cache_dir() / "tuning.json"
 
 
 def _store(path: Path, key: str, value: Any) -> None:
-    entries = _load(path) | {key: value}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        store_entry(path, key, value)
     except OSError:
         pass  # a read-only home only costs re-tuning next time
 
@@ -77,7 +62,7 @@ def tune(key: str, candidates: Sequence[C], make: Callable[[C], Callable[[], Any
     a candidate that fails to compile or run (too much shared memory, say) is skipped.
     """
     path = cache_path()
-    hit = _load(path).get(key)
+    hit = load_entries(path).get(key)
     if hit is not None:
         return decode(hit), 0.0
     started = time.perf_counter()

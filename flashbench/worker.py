@@ -124,7 +124,7 @@ def _serve(requests: Connection, replies: Connection) -> int:
         blank = blank_row(case, device, policy)
         send(replies, {"kind": "started", "row": blank})
         try:
-            row = measure_case(case, device, policy, handle)
+            row = measure_case(case, device, policy, handle, environment.get("ceilings"))
         except Exception as e:  # its own clean-up failed (a broken CUDA context): still a row
             row = blank | {"status": "error", "error": " ".join(f"{type(e).__name__}: {e}"
                                                                  .split())[:500]}
