@@ -87,7 +87,13 @@ def load_ceilings(env: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def save_ceilings(record: dict[str, Any]) -> Path:
+    """Store a record; dtypes measured before and not now are kept (a partial calibration
+    such as ``--dtypes bf16`` adds to what was there)."""
     path = ceilings_path()
+    before = load_entries(path).get(record["key"])
+    if isinstance(before, dict):
+        for field in ("matmul_tflops", "matmul_best_n", "matmul_tflops_by_n"):
+            record[field] = (before.get(field) or {}) | record[field]
     try:
         store_entry(path, record["key"], record)
     except OSError as e:

@@ -434,5 +434,97 @@ def check(
         raise typer.Exit(1)
 
 
+@app.command("calibrate")
+@_user_errors_exit_2
+def calibrate_command(
+    dtypes: Optional[str] = typer.Option(None, help="Matmul dtypes: bf16,fp16,tf32,fp32 [default: all]."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    show: bool = typer.Option(False, "--show", help="Print this machine's cached ceilings; measure nothing."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Measure this machine's ceilings (dense matmul TFLOP/s per dtype, device copy GB/s) and
+    cache them per GPU, driver and torch; later runs report each case's share of them."""
+    import json
+
+    from flashbench import calibrate as cal
+
+    chosen = cal.parse_dtypes(dtypes)
+    from flashbench.env import capture_environment
+    from flashbench.measure import select_device
+
+    dev = select_device(device)
+    env = capture_environment(dev)
+    if show:
+        record = env.get("ceilings")
+        if record is None:
+            raise UserError(f"no calibration cached for {cal.calibration_key(env)} in "
+                            f"{cal.ceilings_path()}; run `flashbench calibrate`")
+    else:
+        with _steps(progress, total=_calibration_steps(dev, chosen)) as step:
+            record = cal.calibrate(dev, env, chosen, step=step)
+        path = cal.save_ceilings(record)
+        typer.echo(f"saved: {path} [{record['key']}]", err=True)
+    if as_json:
+        typer.echo(json.dumps(record, indent=1))
+        return
+    _stdout().print(_ceilings_table(record))
+
+
+def _calibration_steps(device, dtypes: tuple[str, ...]) -> int:
+    from flashbench.calibrate import CalibrationPlan
+
+    measured = [d for d in dtypes if d != "tf32" or device.type == "cuda"]
+    return len(measured) * len(CalibrationPlan.for_device(device).matmul_sizes) + 1
+
+
+def _ceilings_table(record: dict):
+    from rich.table import Table
+
+    table = Table(title=f"ceilings of {record.get('device_name')} "
+                        f"(calibrated {record.get('calibrated_at')})", title_justify="left",
+                  caption="matmul: best median rate of n×n×n products over the sizes tried · "
+                          "copy: device-memory copy, read + write counted", caption_justify="left")
+    for col in ("ceiling", "rate", "at"):
+        table.add_column(col, justify="right" if col != "ceiling" else "left")
+    for dtype, rate in record["matmul_tflops"].items():
+        table.add_row(f"matmul {dtype}", f"{rate:,.1f} TFLOP/s",
+                      f"n={record.get('matmul_best_n', {}).get(dtype, '?')}")
+    table.add_row("copy", f"{record['copy_gbps']:,.0f} GB/s",
+                  f"{record.get('copy_bytes', 0) / 2**30:.2f} GiB")
+    for dtype, why in (record.get("skipped") or {}).items():
+        table.add_row(f"matmul {dtype}", "not measured", why)
+    return table
+
+
+def _steps(enabled: bool, total: int):
+    """A context giving ``step(label)``: a Rich progress bar on stderr over ``total`` steps."""
+    import contextlib
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled:
+        return contextlib.nullcontext(lambda label: None)
+
+    @contextlib.contextmanager
+    def bar():
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=Console(stderr=True)) as p:
+            task = p.add_task("starting", total=total)
+            started = [False]
+
+            def step(label: str) -> None:
+                if started[0]:
+                    p.advance(task)
+                started[0] = True
+                p.update(task, description=label)
+
+            yield step
+            p.update(task, completed=total)
+
+    return bar()
+
+
 if __name__ == "__main__":
     app()

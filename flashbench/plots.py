@@ -1,4 +1,5 @@
-"""Run plots as PNG files: latency, TFLOP/s, peak memory and decode bandwidth against length."""
+"""Run plots as PNG files: latency, TFLOP/s, peak memory and decode bandwidth against length, and
+the roofline (every case against the card's calibrated ceilings)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from flashbench.config import BUILTIN_BACKENDS
+from flashbench.roofline import attainable_tflops, peak_tflops, ridge_intensity
 
 __all__ = ["make_plots"]
 
@@ -50,7 +52,8 @@ def _timed(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty or "median_ms" not in frame:
         return frame.iloc[0:0]
     out = frame.copy()
-    for col in ("median_ms", "tflops", "gbps", "peak_alloc_bytes", "seq_len", "kv_len"):
+    for col in ("median_ms", "tflops", "gbps", "peak_alloc_bytes", "seq_len", "kv_len",
+                "arith_intensity", "flops", "hbm_bytes"):
         if col in out:
             out[col] = pd.to_numeric(out[col], errors="coerce")
     return out[out["median_ms"].notna()]
@@ -179,11 +182,73 @@ def _query_tokens(key: dict[str, Any]) -> str:
     return f"{n} query token{'s' * (n != 1)} · "
 
 
-def make_plots(frame: pd.DataFrame, out_dir: Path, gpu_name: str) -> list[Path]:
-    """Write latency, TFLOP/s, memory and decode PNGs into ``out_dir``; return those written.
+def _roofline(data: pd.DataFrame, ceilings: dict[str, Any] | None, gpu_name: str,
+              colors: dict[str, str]) -> Figure | None:
+    """One panel per dtype: each case at (FLOP per modelled byte, TFLOP/s), under the roofs."""
+    if "arith_intensity" not in data:  # a run from before the field: derive it
+        if not {"flops", "hbm_bytes"} <= set(data):
+            return None
+        data = data.assign(arith_intensity=data["flops"] / data["hbm_bytes"])
+    data = data[(data["arith_intensity"] > 0) & (data["tflops"] > 0)]
+    if data.empty:
+        return None
+    dtypes = sorted(data["dtype"].unique())
+    fig = Figure(figsize=(_PANEL_W * 1.15 * len(dtypes), _PANEL_H * 1.25 + 1.0), dpi=DPI,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(dtypes), squeeze=False)[0]
+    backends = [b for b in colors if b in set(data["backend"])]
+    bandwidth = float(ceilings["copy_gbps"]) if ceilings else None
+    for ax, dtype in zip(axes, dtypes):
+        g = data[data["dtype"] == dtype]
+        lo, hi = g["arith_intensity"].min() / 2, g["arith_intensity"].max() * 2
+        peak = peak_tflops(ceilings, dtype) if ceilings else None
+        if peak is not None and bandwidth:
+            name, top = peak
+            ridge = ridge_intensity(top, bandwidth)
+            lo, hi = min(lo, ridge / 4), max(hi, ridge * 4)
+            xs = [lo, ridge, hi]
+            ax.plot(xs, [attainable_tflops(x, top, bandwidth) for x in xs], color="black",
+                    linewidth=1.4, zorder=1)
+            ax.annotate(f"matmul {name}: {top:,.3g} TFLOP/s", (hi / 1.1, top), ha="right",
+                        va="bottom", fontsize=8)
+            ax.annotate(f"copy: {bandwidth:,.4g} GB/s", (lo * 1.2, lo * 1.2 * bandwidth / 1e3),
+                        ha="left", va="bottom", fontsize=8)
+        for b in backends:
+            points = g[g["backend"] == b]
+            if not points.empty:
+                style = _line_style(colors, b)
+                ax.scatter(points["arith_intensity"], points["tflops"], color=style["color"],
+                           marker=style["marker"], s=22, alpha=0.85, zorder=2, label=b)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_title(f"{dtype}" + ("" if peak else " (no calibrated ceiling)"), fontsize=10)
+        ax.set_xlabel("arithmetic intensity (FLOP per modelled HBM byte, log)", fontsize=9)
+        ax.set_ylabel("TFLOP/s at the median (log)", fontsize=9)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FuncFormatter(_plain_label))
+            axis.set_minor_formatter(NullFormatter())
+        ax.tick_params(labelsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+    note = "" if ceilings else "\nnot calibrated: run `flashbench calibrate` on this machine for the roofs"
+    fig.suptitle(f"Roofline on {gpu_name}{note}", fontsize=12)
+    handles = [Line2D([], [], linestyle="", **{k: v for k, v in _line_style(colors, b).items()
+                                              if k != "linewidth"}) for b in backends]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7),
+               fontsize=9, frameon=False)
+    return fig
+
+
+def make_plots(frame: pd.DataFrame, out_dir: Path, gpu_name: str,
+               ceilings: dict[str, Any] | None = None) -> list[Path]:
+    """Write latency, TFLOP/s, memory, decode and roofline PNGs into ``out_dir``; return those
+    written.
 
     Only rows with a median are drawn. memory.png needs allocator figures (none on a CPU run)
     and decode.png needs decode shapes; each is skipped when there is nothing to draw.
+    roofline.png draws the roofs from ``ceilings`` (flashbench calibrate's record), the points
+    alone without it.
     """
     data = _timed(frame)
     if data.empty:
@@ -219,6 +284,8 @@ def make_plots(frame: pd.DataFrame, out_dir: Path, gpu_name: str) -> list[Path]:
             title="Decode bandwidth (modelled HBM traffic)", xlabel="KV length (tokens)",
             ylabel="GB/s (modelled traffic / median)", style_axes=linear_from_zero,
             extra_facets=("seq_len",), facet_prefix=_query_tokens)
+
+    figures["roofline.png"] = _roofline(data, ceilings, gpu_name, colors)
 
     written = []
     for name, fig in figures.items():

@@ -36,7 +36,8 @@ def _plots(rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> l
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the plot folder {out_dir}: {e.strerror}") from None
-    return make_plots(results_frame(rows), out_dir, _where(meta))
+    ceilings = (meta.get("environment") or {}).get("ceilings")
+    return make_plots(results_frame(rows), out_dir, _where(meta), ceilings)
 
 
 def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str,

@@ -31,7 +31,7 @@ def _row(backend, seq_len, kv_len, head_dim, causal, *, peak, median_ms, status=
             "causal": causal, "status": status, "median_ms": median_ms,
             "tflops": flops / median_ms / 1e9 if timed else None,
             "gbps": hbm / median_ms / 1e6 if timed else None,
-            "hbm_bytes": hbm, "peak_alloc_bytes": peak}
+            "flops": flops, "hbm_bytes": hbm, "peak_alloc_bytes": peak}
 
 
 def synthetic_rows(*, gpu=True, decode=True):
@@ -68,10 +68,12 @@ def _assert_real_png(path):
     assert _distinct_colours(image) > 50  # lines, antialiased text: not a blank canvas
 
 
-def test_gpu_run_gets_all_four_plots(tmp_path):
+def test_gpu_run_gets_all_five_plots(tmp_path):
     frame = results_frame(synthetic_rows())
-    written = make_plots(frame, tmp_path / "plots", "Test GPU")
-    assert [p.name for p in written] == ["latency.png", "tflops.png", "memory.png", "decode.png"]
+    written = make_plots(frame, tmp_path / "plots", "Test GPU",
+                         {"matmul_tflops": {"bf16": 800.0}, "copy_gbps": 3000.0})
+    assert [p.name for p in written] == ["latency.png", "tflops.png", "memory.png", "decode.png",
+                                         "roofline.png"]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(p.name for p in written)
     for path in written:
         _assert_real_png(path)
@@ -81,8 +83,9 @@ def test_cpu_run_gets_no_memory_or_decode_plot(tmp_path):
     frame = results_frame(synthetic_rows(gpu=False, decode=False))
     assert frame["peak_alloc_bytes"].isna().all()
     written = make_plots(frame, tmp_path, "CPU")
-    assert [p.name for p in written] == ["latency.png", "tflops.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latency.png", "tflops.png"]
+    assert [p.name for p in written] == ["latency.png", "tflops.png", "roofline.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latency.png", "roofline.png",
+                                                          "tflops.png"]
     for path in written:
         _assert_real_png(path)
 
@@ -135,7 +138,7 @@ def _self_contained(page, n_images):
 
 def test_reference_run_page_is_self_contained(reference_page):
     meta, frame, images = reference_page
-    assert [p.name for p in images] == ["latency.png", "tflops.png", "memory.png"]
+    assert [p.name for p in images] == ["latency.png", "tflops.png", "memory.png", "roofline.png"]
     page = render_html(meta, [("Results", frame[SECTION_COLUMNS])], images)
     _self_contained(page, len(images))
     assert "NVIDIA H100 80GB HBM3" in page and meta["run_id"] in page
