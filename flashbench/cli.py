@@ -526,5 +526,67 @@ def _steps(enabled: bool, total: int):
     return bar()
 
 
+@app.command("profile")
+@_user_errors_exit_2
+def profile_command(
+    backends: Optional[str] = typer.Option(None, help="Comma-separated backends "
+                                                      "[default: naive,sdpa-flash,triton]."),
+    seq_len: Optional[int] = typer.Option(None, help="Query length [default: 4096]."),
+    kv_len: Optional[int] = typer.Option(None, help="KV length [default: the query length]."),
+    heads: Optional[int] = typer.Option(None, help="Query heads [default: 16]."),
+    kv_heads: Optional[int] = typer.Option(None, help="KV heads [default: heads]."),
+    head_dim: Optional[int] = typer.Option(None, help="Head dimension [default: 128]."),
+    batch: Optional[int] = typer.Option(None, help="Batch [default: 4]."),
+    dtype: Optional[str] = typer.Option(None, help="fp16, bf16 or fp32 [default: bf16]."),
+    causal: Optional[bool] = typer.Option(None, "--causal/--no-causal", help="Causal mask [default: no]."),
+    mode: Optional[str] = typer.Option(None, help="fwd, bwd or fwd_bwd [default: fwd]."),
+    device: str = typer.Option("auto", help="auto, cuda or cpu."),
+    ncu: bool = typer.Option(True, "--ncu/--no-ncu", help="Measure DRAM bytes with Nsight "
+                                                          "Compute when it is installed (GPU)."),
+    ncu_path: Optional[str] = typer.Option(None, help="Nsight Compute's ncu [default: PATH, "
+                                                      "then CUDA's usual places]."),
+    reps: int = typer.Option(3, min=1, max=100, help="Calls under torch.profiler (figures are per call)."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Folder for the profile's run folder."),
+) -> None:
+    """One case, kernel by kernel: what each backend launched (torch.profiler) and, with Nsight
+    Compute on a GPU, the DRAM bytes it moved beside flashbench's modelled hbm_bytes."""
+    import time
+
+    from flashbench import profile as prof
+    from flashbench.store import check_root
+
+    given = {"backends": _str_list(backends), "seq_len": seq_len, "kv_len": kv_len,
+             "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "batch": batch,
+             "dtype": dtype, "causal": causal, "mode": mode, "device": device}
+    from flashbench.measure import select_device
+
+    dev = select_device(device)  # before anything imports triton (the interpreter on a CPU)
+    cases = prof.profile_cases(given)
+    check_root(out)
+    ncu_exe = prof.find_ncu(ncu_path) if ncu and dev.type == "cuda" else None
+    if ncu and dev.type == "cuda" and ncu_exe is None:
+        typer.echo("note: Nsight Compute (ncu) not found; kernels only, no DRAM bytes", err=True)
+    from flashbench.env import capture_environment
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results = []
+    for case in cases:
+        typer.echo(f"profiling {case.label()}" + (" (+ ncu)" if ncu_exe else ""), err=True)
+        results.append(prof.profile_case(case, dev, ncu=ncu_exe, reps=reps))
+    meta = {"kind": "profile", "status": "completed", "started_at": started,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": ["flashbench", *sys.argv[1:]], "ncu": ncu_exe, "reps": reps,
+            "case": {k: v for k, v in cases[0].to_dict().items() if k != "backend"},
+            "backends": [c.backend for c in cases],
+            "environment": capture_environment(dev)}
+    path = prof.save_profile(out, results, meta)
+    shape = cases[0].label().split(" ", 1)[-1]
+    console = _stdout()
+    console.print(prof.summary_table(results, f"profile of {shape} on "
+                                              f"{meta['environment'].get('gpu_name') or 'CPU'}"))
+    console.print(prof.kernels_table(results))
+    typer.echo(f"profile: {path}", err=True)
+
+
 if __name__ == "__main__":
     app()

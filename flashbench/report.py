@@ -7,10 +7,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from flashbench.compare import compare_backends
 from flashbench.errors import UserError
 from flashbench.render import LEGEND, backends_display, fixed_shape, markdown_table
-from flashbench.table import results_frame
+from flashbench.table import results_frame, shape_label, varying_shape_fields
+from flashbench.telemetry import off_clock, run_clock
 
 __all__ = ["FORMATS", "render_report"]
 
@@ -18,8 +21,14 @@ FORMATS = ("csv", "markdown", "json", "html")
 # The columns of the HTML page's full table; the CSV keeps every field.
 _HTML_COLUMNS = ("backend", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len",
                  "head_dim", "dtype", "causal", "status", "resolved_backend", "median_ms",
-                 "tflops", "gbps", "peak_alloc_bytes", "rel_err", "sm_clock_mhz", "throttle",
-                 "error")
+                 "tflops", "pct_peak_flops", "gbps", "pct_peak_bw", "arith_intensity",
+                 "peak_alloc_bytes", "rel_err", "sm_clock_mhz", "mem_clock_mhz", "power_w",
+                 "temp_c", "throttle", "error")
+# The Markdown report's per-case table: where each case sits against the card, and its state.
+_MACHINE_COLUMNS = (("median_ms", "ms", 4), ("tflops", "TFLOP/s", 4),
+                    ("pct_peak_flops", "% peak FLOP/s", 3), ("gbps", "GB/s", 4),
+                    ("pct_peak_bw", "% peak BW", 3), ("arith_intensity", "FLOP/B", 3),
+                    ("sm_clock_mhz", "SM MHz", 4), ("power_w", "W", 3), ("temp_c", "°C", 2))
 
 
 def _where(meta: dict[str, Any]) -> str:
@@ -40,6 +49,35 @@ def _plots(rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> l
     return make_plots(results_frame(rows), out_dir, _where(meta), ceilings)
 
 
+def _num(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return f"{value:,.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
+
+
+def machine_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per timed case: rates, shares of the calibrated ceilings, intensity and telemetry."""
+    timed = [r for r in rows if r.get("median_ms") is not None]
+    fields = ["backend", *varying_shape_fields(timed)] if timed else ["backend"]
+    clock = run_clock(timed)
+    out = []
+    for r in timed:
+        line = {f: shape_label(f, r[f]) for f in fields}
+        line |= {label: _num(r.get(key), digits) for key, label, digits in _MACHINE_COLUMNS}
+        line["throttle"] = (r.get("throttle") or "") + ("!" if off_clock(r, clock) else "")
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def _ceilings_line(env: dict[str, Any]) -> str:
+    record = env.get("ceilings")
+    if not record:
+        return "Not calibrated: no % of peak (run `flashbench calibrate` on the machine)."
+    rates = ", ".join(f"{d} {v:,.4g} TFLOP/s" for d, v in record["matmul_tflops"].items())
+    return (f"Ceilings (flashbench calibrate, {record.get('calibrated_at')}): matmul {rates}; "
+            f"copy {record['copy_gbps']:,.0f} GB/s.")
+
+
 def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str,
                   plot_dir: Path | None = None) -> tuple[str, list[Path]]:
     """The report's text, and the plot files written (into ``plot_dir`` when given)."""
@@ -55,7 +93,12 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str,
                 f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
                 f"driver {env.get('driver')}, commit {env.get('git_commit')}; "
                 f"{fixed_shape(side_by_side)}\n\n"
-                f"{markdown_table(backends_display(side_by_side))}\n{LEGEND}\n")
+                f"{markdown_table(backends_display(side_by_side))}\n{LEGEND}\n\n"
+                f"## Each case against the card\n\n{_ceilings_line(env)}\n\n"
+                f"{markdown_table(machine_table(rows))}\n"
+                "% peak: of the calibrated matmul rate of the dtype (fp32 against tf32) and of "
+                "the copy bandwidth · FLOP/B: FLOPs per modelled HBM byte · SM MHz, W, °C: "
+                "NVML during the timed samples · !: clock more than 3% off the run's median\n")
         return text, images
     if fmt == "html":
         from flashbench.html_report import render_html

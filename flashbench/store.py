@@ -151,7 +151,9 @@ def open_run(path: Path) -> RunFolder:
 def find_run(ref: str | Path | None, root: Path) -> Path:
     """A run folder from a path, a run id under ``root``, or the latest run when None."""
     if ref is None:
-        runs = sorted((p for p in root.glob("*/") if (p / META).exists()),
+        # profile-* folders (flashbench profile) hold no results: not a run to compare.
+        runs = sorted((p for p in root.glob("*/") if (p / META).exists()
+                       and not p.name.startswith("profile-")),
                       key=lambda p: (p / META).stat().st_mtime) if root.is_dir() else []
         if not runs:
             raise UserError(f"no runs under {root}; run `flashbench run` first")

@@ -191,3 +191,17 @@ def test_roofline_plot_draws_each_case_under_the_calibrated_roof():
                       "triton": [[25000.0, 1.0], [25000.0, 0.5]]}
     uncalibrated = _roofline(data, None, "Test GPU", {"naive": "red", "triton": "blue"})
     assert len(uncalibrated.axes[0].lines) == 0 and "not calibrated" in uncalibrated._suptitle.get_text()
+
+
+@pytest.mark.gpu
+def test_gpu_calibration_orders_the_dtypes_as_tensor_cores_do():
+    device = torch.device("cuda")
+    plan = cal.CalibrationPlan(matmul_sizes=(4096,), copy_bytes=1 << 30, policy=TimingPolicy(
+        l2="hot", warmup_ms=100.0, budget_ms=300.0, min_samples=5))
+    env = {"gpu_uuid": "GPU-test", "driver": "x", "torch": torch.__version__}
+    record = cal.calibrate(device, env, plan=plan)
+    rates = record["matmul_tflops"]
+    assert set(rates) == {"bf16", "fp16", "tf32", "fp32"} and record["skipped"] == {}
+    # Tensor cores: 16-bit above tf32 above IEEE fp32, each by a wide margin on any recent GPU.
+    assert rates["bf16"] > 1.5 * rates["tf32"] and rates["tf32"] > 2 * rates["fp32"]
+    assert record["copy_gbps"] > 200  # any HBM or GDDR card; a host copy would be far below
