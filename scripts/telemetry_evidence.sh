@@ -5,6 +5,10 @@
 # Usage (from the repository root): bash scripts/telemetry_evidence.sh
 set -uo pipefail
 source scripts/device_setup.sh
+# The device hands back a few files only: everything goes into one archive at the end.
+FINAL_OUT=$OUT
+OUT=$FINAL_OUT/evidence
+mkdir -p "$OUT" && mv "$log" "$OUT/" && log="$OUT/device.log"
 export FLASHBENCH_CACHE_DIR=/tmp/fb-cache
 
 step() { echo "== $*" | tee -a "$log"; }
@@ -38,3 +42,4 @@ run_dir=$(ls -d /tmp/runs/*/ | tail -1)
 cp "$run_dir/meta.json" "$run_dir/results.jsonl" "$OUT/"
 python3 -m flashbench report "$run_dir" --format markdown -o "$OUT/report.md" --plot "$OUT/plots"
 tail -3 "$OUT/report.md"
+tar -czf "$FINAL_OUT/evidence.tgz" -C "$FINAL_OUT" evidence && rm -rf "$OUT"

@@ -125,11 +125,15 @@ def test_gpu_profile_measures_dram_bytes_near_the_model(tmp_path):
     assert result.exit_code == 0, result.output
     (folder,) = tmp_path.iterdir()
     results = {r["backend"]: r for r in json.loads((folder / "profile.json").read_text())}
-    assert torch.cuda.is_available()
     for name, r in results.items():
         assert r["status"] == "ok" and r["ncu_error"] is None, r
         assert r["kernels"][0]["kind"] == "gpu-kernel"
-        assert 0.75 < r["measured_over_model"] < 1.5, (name, r["measured_over_model"])
         assert (folder / f"ncu-{name}.csv").exists()
+    # A flash kernel reads Q, K and V from DRAM once each: K and V re-reads hit the L2. Its
+    # writes may be short of the model: dirty lines still in the L2 when the kernel ends (O is
+    # 4 MiB here) are not DRAM traffic of the kernel.
+    qkv_bytes = 3 * 1 * 8 * 2048 * 128 * 2
+    assert results["triton"]["dram_read_bytes"] == pytest.approx(qkv_bytes, rel=0.05)
+    assert 0.9 < results["naive"]["measured_over_model"] < 1.2
     # The point of the tool: naive moves the N×N matrices, flash does not.
     assert results["naive"]["dram_bytes"] > 10 * results["triton"]["dram_bytes"]
