@@ -235,7 +235,9 @@ def _roofline(data: pd.DataFrame, ceilings: dict[str, Any] | None, gpu_name: str
     fig.suptitle(f"Roofline on {gpu_name}{note}", fontsize=12)
     handles = [Line2D([], [], linestyle="", **{k: v for k, v in _line_style(colors, b).items()
                                               if k != "linewidth"}) for b in backends]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7),
+    # Legend rows sized to the figure: a single dtype panel fits four names across.
+    fig.legend(handles=handles, loc="outside lower center",
+               ncol=max(1, min(len(handles), 4 * len(dtypes))),
                fontsize=9, frameon=False)
     return fig
 
