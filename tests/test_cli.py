@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from flashbench.cli import app
@@ -120,9 +121,21 @@ def test_list_and_env_describe_this_machine():
     result = invoke("list", "--device", "cpu")
     assert result.exit_code == 0
     assert "sdpa-cudnn" in result.stdout and "needs a CUDA device" in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="describes a machine without a GPU")
+def test_env_without_a_gpu_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHBENCH_CACHE_DIR", str(tmp_path))
     result = invoke("env", "--json")
+    assert result.exit_code == 0
     info = json.loads(result.stdout)
     assert info["device"] == "cpu" and info["nvml"] is False and info["torch"]
+    assert info["backends"]["sdpa-cudnn"] == "needs a CUDA device"
+    assert info["backends"]["sdpa-math"] == "available" and info["ceilings"] is None
+    assert [line.split(":")[0].split(" (")[0] for line in info["missing"]] == [
+        "no CUDA device", "NVML", "not calibrated"]
+    table = invoke("env")
+    assert "backend sdpa-cudnn" in table.stdout and "missing" in table.stdout
 
 
 def test_help_does_not_import_torch():

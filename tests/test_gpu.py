@@ -38,6 +38,7 @@ def test_backends_on_cuda(backend, causal):
     assert row["n_samples"] >= 5 and row["median_ms"] > 0
     assert row["peak_alloc_bytes"] > 0 and row["peak_reserved_bytes"] >= 0
     assert row["sm_clock_mhz"] > 0 and row["power_w"] > 0  # NVML telemetry is there
+    assert row["gpu_mem_used_bytes"] > row["peak_alloc_bytes"]  # the inputs and more are in use
 
 
 def test_flash_peak_memory_is_output_plus_lse_and_naive_is_quadratic():
@@ -80,3 +81,14 @@ def test_host_launch_overhead_is_not_timed():
 
     samples, _ = time_callable(slow_host_short_kernel, torch.device("cuda"), POLICY)
     assert sorted(samples)[len(samples) // 2] < 0.05  # ms
+
+
+def test_env_on_a_gpu_has_the_card_and_its_backends():
+    from flashbench.env import capture_environment
+    from flashbench.measure import select_device
+
+    env = capture_environment(select_device("cuda"))
+    assert env["gpu_uuid"].startswith("GPU-") and env["sm_count"] > 0 and env["l2_bytes"] > 0
+    assert env["driver"] and env["cudnn"] and env["nvml"] is True
+    assert env["backends"]["sdpa-flash"] == "available"
+    assert not any(line.startswith(("no CUDA device", "NVML")) for line in env["missing"])
