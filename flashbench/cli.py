@@ -405,6 +405,36 @@ def report(
 
 @app.command()
 @_user_errors_exit_2
+def merge(
+    runs: list[str] = typer.Argument(..., help="The shard runs (flashbench run --shard I/N): "
+                                               "folders, or ids under --results-dir."),
+    output: Path = typer.Option(..., "--output", "-o", help="The merged run folder to create."),
+    allow_env_mismatch: bool = typer.Option(False, help="Merge shards measured on different "
+                                                        "GPU models, drivers or libraries."),
+    allow_partial: bool = typer.Option(False, help="Merge although some shards are missing."),
+    results_dir: Path = RESULTS_DIR,
+) -> None:
+    """Combine the shards of one sweep into one run, for compare, report and check.
+
+    Exit 0 when merged, 2 for bad input (not a finished shard, another config or split, a
+    shard twice, another environment, a shard missing); nothing is written then.
+    """
+    from flashbench.merge import merge_runs
+
+    result = merge_runs(runs, output, root=results_dir, allow_env_mismatch=allow_env_mismatch,
+                        allow_partial=allow_partial, command=["flashbench", *sys.argv[1:]])
+    merged = result.meta["merged"]
+    for note in merged["environment_differences"]:
+        typer.echo(f"note: environments differ: {note}", err=True)
+    count = merged["shards"]
+    missing = f"; missing: {', '.join(f'{i}/{count}' for i in merged['missing'])}" \
+        if merged["missing"] else ""
+    typer.echo(f"merged {len(merged['from'])} of {count} shard(s), "
+               f"{len(result.rows)} rows, into {result.path}{missing}", err=True)
+
+
+@app.command()
+@_user_errors_exit_2
 def check(
     baseline: str = typer.Argument(..., help="Baseline run folder, id or results file."),
     current: str = typer.Argument(..., help="Current run folder, id or results file."),
