@@ -28,8 +28,6 @@ from flashbench.store import RunFolder, check_root, create_run, find_run, open_r
 
 __all__ = ["Interrupted", "SweepFailed", "SweepResult", "resume_sweep", "run_sweep"]
 
-# A resumed run must be measured where it began: these must not change between sessions.
-_SAME_ENVIRONMENT = SAME_ENVIRONMENT
 
 
 class SweepFailed(RuntimeError):
@@ -212,7 +210,8 @@ def _start(cfg: SweepConfig, plugin_files: list[str], isolate: bool, interrupt: 
 
 
 def _check_same_environment(then: dict[str, Any], now: dict[str, Any], path: Path) -> None:
-    changed = [f"{k} {then.get(k)!r} then, {now.get(k)!r} now" for k in _SAME_ENVIRONMENT
+    """A resumed run must be measured where it began (SAME_ENVIRONMENT: model, driver, libraries)."""
+    changed = [f"{k} {then.get(k)!r} then, {now.get(k)!r} now" for k in SAME_ENVIRONMENT
                if then.get(k) != now.get(k)]
     if changed:
         raise UserError(f"--resume {path}: this machine is not where the run began "

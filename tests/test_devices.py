@@ -232,7 +232,7 @@ def test_start_all_waits_for_every_worker_and_closes_all_on_failure():
 
 # --- real CPU workers ------------------------------------------------------------------------
 
-def write_config(path: Path, backends, seq_len=(16, 24, 32), causal=(False, True)) -> Path:
+def write_config(path: Path, backends, seq_len=(16, 32), causal=(False, True)) -> Path:
     path.write_text(
         f"name: {path.stem}\ndevice: cpu\nbackends: [{', '.join(backends)}]\nbatch: 1\n"
         f"heads: 2\nseq_len: [{', '.join(map(str, seq_len))}]\nhead_dim: 16\ndtype: fp32\n"
@@ -243,7 +243,7 @@ def write_config(path: Path, backends, seq_len=(16, 24, 32), causal=(False, True
 def test_two_cpu_workers_measure_the_same_cases_as_one(tmp_path):
     config = write_config(tmp_path / "two.yaml", ("naive", "fast-einsum", "fast-sdpa"))
     one = invoke("run", "--config", config, "--plugin", PLUGINS / "fast.py", "--out",
-                 tmp_path / "one", "--no-progress", "--no-isolate")
+                 tmp_path / "one", "--no-progress")
     assert one.exit_code == 0, one.output
     two = invoke("run", "--config", config, "--plugin", PLUGINS / "fast.py", "--devices",
                  "cpu,cpu", "--out", tmp_path / "two", "--no-progress")
@@ -251,7 +251,7 @@ def test_two_cpu_workers_measure_the_same_cases_as_one(tmp_path):
     (single,), (multi,) = (tmp_path / "one").iterdir(), (tmp_path / "two").iterdir()
     rows = rows_of(multi)
     keys = [key(r) for r in rows]
-    assert len(keys) == len(set(keys)) == 18
+    assert len(keys) == len(set(keys)) == 12
     assert set(keys) == {key(r) for r in rows_of(single)}
     assert all(r["status"] == "ok" and r["rel_err"] < 1e-5 for r in rows)
     by_shape: dict[tuple, set] = {}
@@ -263,7 +263,7 @@ def test_two_cpu_workers_measure_the_same_cases_as_one(tmp_path):
     # Single-worker runs record their device too.
     assert {(r["device_index"], r["gpu_uuid"]) for r in rows_of(single)} == {(0, None)}
     meta = json.loads((multi / "meta.json").read_text())
-    assert meta["status"] == "completed" and meta["n_cases"] == 18
+    assert meta["status"] == "completed" and meta["n_cases"] == 12
     assert [d["device"] for d in meta["devices"]] == ["cpu", "cpu"]
     assert meta["environment"]["device"] == "cpu"
 
