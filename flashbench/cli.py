@@ -120,6 +120,12 @@ def run(
                                  help="Run cases in a worker process that may crash or hang "
                                       "without ending the sweep; --no-isolate runs them here, "
                                       "for debugging (no timeouts, a crash ends the sweep)."),
+    devices: Optional[str] = typer.Option(
+        None, help="One worker per device, at once: all (every visible GPU), GPU indices such "
+                   "as 0,2,3, or cpu,cpu; each shape's backends run on one device."),
+    shard: Optional[str] = typer.Option(
+        None, help="Run only shard I of N (e.g. 2/4, counted from 1) of the cases, for job "
+                   "arrays; combine the shards with flashbench merge."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Folder for run folders."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     strict: bool = typer.Option(False, help="Exit 1 if any case errored, mismatched, crashed or "
@@ -146,19 +152,23 @@ def run(
     try:
         if resume is not None:
             given = [f"--{k.replace('_', '-')}" for k, v in overrides.items()
-                     if v is not None and k != "case_timeout_s"] + (["--config"] if config else [])
+                     if v is not None and k != "case_timeout_s"] + (["--config"] if config else []) \
+                + (["--shard"] if shard is not None else [])
             if given:
                 raise UserError(f"--resume runs the rest of the run's own config; drop "
                                 f"{', '.join(given)}")
             result = runner.resume_sweep(resume, out, command=command, progress=progress,
                                          isolate=isolate, plugins=plugins,
-                                         case_timeout_s=case_timeout)
+                                         case_timeout_s=case_timeout, devices=devices)
         else:
             from flashbench.config import load_config, requested_device
             from flashbench.plugins import load_plugins
+            from flashbench.shard import parse_shard
 
+            part = None if shard is None else parse_shard(shard)
             if config is None:
-                config = "default" if _has_cuda(device) else "cpu"
+                cpu_workers = devices is not None and set(_str_list(devices) or []) == {"cpu"}
+                config = "default" if _has_cuda("cpu" if cpu_workers else device) else "cpu"
             if not isolate:
                 from flashbench.measure import select_device
 
@@ -168,7 +178,8 @@ def run(
             plugins = load_plugins(plugins)  # before the config: plugins add backend names
             cfg = load_config(config, overrides)
             result = runner.run_sweep(cfg, out, command=command, progress=progress,
-                                      isolate=isolate, plugins=plugins)
+                                      isolate=isolate, plugins=plugins, devices=devices,
+                                      shard=part)
     except runner.Interrupted as e:
         typer.echo(f"{e}", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
@@ -396,6 +407,36 @@ def report(
     for image in images if plot else []:
         typer.echo(f"plot: {image}", err=True)
     _write_output(text, output)
+
+
+@app.command()
+@_user_errors_exit_2
+def merge(
+    runs: list[str] = typer.Argument(..., help="The shard runs (flashbench run --shard I/N): "
+                                               "folders, or ids under --results-dir."),
+    output: Path = typer.Option(..., "--output", "-o", help="The merged run folder to create."),
+    allow_env_mismatch: bool = typer.Option(False, help="Merge shards measured on different "
+                                                        "GPU models, drivers or libraries."),
+    allow_partial: bool = typer.Option(False, help="Merge although some shards are missing."),
+    results_dir: Path = RESULTS_DIR,
+) -> None:
+    """Combine the shards of one sweep into one run, for compare, report and check.
+
+    Exit 0 when merged, 2 for bad input (not a finished shard, another config or split, a
+    shard twice, another environment, a shard missing); nothing is written then.
+    """
+    from flashbench.merge import merge_runs
+
+    result = merge_runs(runs, output, root=results_dir, allow_env_mismatch=allow_env_mismatch,
+                        allow_partial=allow_partial, command=["flashbench", *sys.argv[1:]])
+    merged = result.meta["merged"]
+    for note in merged["environment_differences"]:
+        typer.echo(f"note: environments differ: {note}", err=True)
+    count = merged["shards"]
+    missing = f"; missing: {', '.join(f'{i}/{count}' for i in merged['missing'])}" \
+        if merged["missing"] else ""
+    typer.echo(f"merged {len(merged['from'])} of {count} shard(s), "
+               f"{len(result.rows)} rows, into {result.path}{missing}", err=True)
 
 
 @app.command()

@@ -197,24 +197,41 @@ class WorkerExecutor:
 
     def __init__(self, device: str, plugins: list[str], backends: list[str],
                  timing: dict[str, Any], interrupt: Interrupt,
-                 startup_timeout_s: float = STARTUP_TIMEOUT_S):
+                 startup_timeout_s: float = STARTUP_TIMEOUT_S, env: dict[str, str] | None = None,
+                 wait: bool = True):
         self._hello = {"kind": "hello", "device": device, "plugins": list(plugins),
                        "backends": list(backends), "timing": dict(timing)}
-        self._env = dict(os.environ)
+        # ``env`` adds to this process's environment (--devices pins a GPU with it).
+        self._env = dict(os.environ) | (env or {})
         if device == "cpu":
             # Triton picks its interpreter when first imported; the worker imports it fresh.
             self._env.setdefault("TRITON_INTERPRET", "1")
         self._interrupt = interrupt
         self._startup_timeout_s = startup_timeout_s
         self._worker: _Worker | None = None
-        ready = self._start(first=True)
-        self.device: str = ready["device"]
-        self.environment: dict[str, Any] = ready["environment"]
-        self._fields: list[str] = ready["fields"]
+        self.device: str = device
+        self.environment: dict[str, Any] = {}
+        self._fields: list[str] = []
+        # Started in the caller's thread: the worker asks Linux to kill it when the thread that
+        # started it ends (PR_SET_PDEATHSIG follows threads, not processes), so a thread that
+        # only waits for it to be ready must not start it.
+        self._first: _Worker | None = _Worker(self._hello, self._env)
+        if wait:
+            self.wait_ready()
 
-    def _start(self, *, first: bool) -> dict[str, Any]:
+    def wait_ready(self) -> None:
+        """Wait for the first worker (another thread may wait, for several workers at once)."""
+        worker, self._first = self._first, None
+        if worker is None:
+            return
+        ready = self._start(first=True, worker=worker)
+        self.device = ready["device"]
+        self.environment = ready["environment"]
+        self._fields = ready["fields"]
+
+    def _start(self, *, first: bool, worker: _Worker | None = None) -> dict[str, Any]:
         """A ready worker; bad input (the first time only) is the user's, anything else ours."""
-        worker = _Worker(self._hello, self._env)
+        worker = worker or _Worker(self._hello, self._env)
         reply = worker.receive(time.monotonic() + self._startup_timeout_s, self._interrupt)
         if reply is _ABANDONED:
             worker.close(graceful=False)
@@ -300,6 +317,9 @@ class WorkerExecutor:
         return blank | {"status": status.value, "error": error[:500], "stderr_tail": tail}
 
     def close(self) -> None:
+        if self._first is not None:  # started, never waited for
+            self._first.close(graceful=False)
+            self._first = None
         self._drop(graceful=True)
 
 

@@ -13,18 +13,21 @@ from pydantic import ValidationError
 
 from flashbench.cases import CASE_FIELDS, Case
 from flashbench.config import SweepConfig, expand_cases, format_validation_error
+from flashbench.devices import (SAME_ENVIRONMENT, Device, check_same_environment, parse_devices,
+                                row_device_fields, start_all)
 from flashbench.errors import UserError
 from flashbench.interrupts import Interrupt
 from flashbench.isolation import (Executor, InProcessExecutor, Interrupted, WorkerExecutor,
                                   WorkerStartError)
+from flashbench.parallel import measure_in_parallel
 from flashbench.plugins import load_plugins
+from flashbench.schedule import comparison_groups, longest_first
+from flashbench.shard import Shard, shard_cases
 from flashbench.store import RunFolder, check_root, create_run, find_run, open_run, read_meta, \
     read_rows
 
 __all__ = ["Interrupted", "SweepFailed", "SweepResult", "resume_sweep", "run_sweep"]
 
-# A resumed run must be measured where it began: these must not change between sessions.
-_SAME_ENVIRONMENT = ("device", "gpu_name", "driver", "torch", "triton")
 
 
 class SweepFailed(RuntimeError):
@@ -53,41 +56,54 @@ def _key(case: dict[str, Any]) -> tuple:
 
 def run_sweep(cfg: SweepConfig, out_root: Path, *, command: list[str] | None = None,
               progress: bool = True, isolate: bool = True,
-              plugins: Sequence[str | Path] = ()) -> SweepResult:
+              plugins: Sequence[str | Path] = (), devices: str | Sequence[str] | None = None,
+              shard: Shard | None = None) -> SweepResult:
     """Run every case of ``cfg`` into a new folder under ``out_root``; a failing case is a row.
 
     With ``isolate`` (the default) cases run in a worker process and this process never touches
-    CUDA. Ctrl-C or SIGTERM ends the sweep early with status ``interrupted`` (see
+    CUDA. ``devices`` (``"all"``, ``"0,2"``, ``["cpu", "cpu"]``: see flashbench.devices) runs
+    one worker per device at once; ``shard`` runs only that part of the cases (flashbench.shard).
+    Ctrl-C or SIGTERM ends the sweep early with status ``interrupted`` (see
     flashbench.interrupts); ``resume_sweep`` finishes it. Raises Interrupted when stopped before
     the first case (nothing written) and SweepFailed when no worker would start.
     """
     plugin_files = load_plugins(list(plugins))
-    cases = expand_cases(cfg)
+    grid = expand_cases(cfg)
+    cases = grid if shard is None else shard_cases(grid, shard, cfg.timing.model_dump())
+    pool = None if devices is None else _parse_pool(devices, cfg, isolate)
     check_root(out_root)  # an unwritable folder is bad input, found before anything starts
     with Interrupt(raise_on_abandon=not isolate) as interrupt:
-        executor = _start(cfg, plugin_files, isolate, interrupt)
+        executors = _start(cfg, plugin_files, isolate, interrupt, pool)
         try:
             run = create_run(out_root)
             run.lock()
+            run.results_path.touch()  # a run holds both files, even one of an empty shard
             meta: dict[str, Any] = {
                 "run_id": run.path.name, "status": "running", "started_at": _now(),
                 "finished_at": None, "command": command if command is not None else sys.argv,
                 "config": cfg.model_dump(mode="json"), "n_cases": len(cases),
                 "plugins": plugin_files, "isolated": isolate,
-                "environment": executor.environment,
+                "environment": executors[0].environment,
             }
-            return _sweep(run, meta, cases, [], executor, interrupt, cfg.case_timeout_s, progress)
+            if shard is not None:
+                meta["shard"] = shard.to_meta() | {"grid_cases": len(grid)}
+            if pool is not None:
+                meta["devices"] = _devices_meta(pool, executors)
+            return _sweep(run, meta, cases, [], executors, pool, interrupt, cfg, progress)
         finally:
-            executor.close()
+            for executor in executors:
+                executor.close()
 
 
 def resume_sweep(ref: str | Path, out_root: Path, *, command: list[str] | None = None,
                  progress: bool = True, isolate: bool = True, plugins: Sequence[str | Path] = (),
-                 case_timeout_s: float | None = None) -> SweepResult:
+                 case_timeout_s: float | None = None,
+                 devices: str | Sequence[str] | None = None) -> SweepResult:
     """Run the cases of an earlier run that have no row yet, appending to the same folder.
 
-    The run's own config and plugins decide the cases, so the finished run holds exactly the
-    cases of an uninterrupted one, each once. A torn last line is cut (its case runs again).
+    The run's own config, plugins and shard decide the cases, so the finished run holds exactly
+    the cases of an uninterrupted one, each once. A torn last line is cut (its case runs again).
+    The run's own devices measure them, unless ``devices`` says otherwise.
     """
     path = find_run(ref, out_root)
     meta = read_meta(path)
@@ -109,6 +125,10 @@ def resume_sweep(ref: str | Path, out_root: Path, *, command: list[str] | None =
     except ValidationError as e:
         raise UserError(format_validation_error(e, source)) from None
     cases = expand_cases(cfg)
+    if isinstance(meta.get("shard"), dict):
+        cases = shard_cases(cases, Shard.from_meta(meta["shard"]), cfg.timing.model_dump())
+    if devices is None and isinstance(meta.get("devices"), list):
+        devices = [d["device"].removeprefix("cuda:") for d in meta["devices"]]
     run = open_run(path)
     try:
         rows = read_rows(path) if run.results_path.exists() else []
@@ -120,45 +140,78 @@ def resume_sweep(ref: str | Path, out_root: Path, *, command: list[str] | None =
                 run.write_meta(meta)
             run.close()
             return SweepResult(path, rows, meta, 0)
+        try:
+            pool = None if devices is None else _parse_pool(devices, cfg, isolate)
+        except UserError as e:
+            raise UserError(f"--resume {ref}: {e}") from None
         with Interrupt(raise_on_abandon=not isolate) as interrupt:
-            executor = _start(cfg, plugin_files, isolate, interrupt)
+            executors = _start(cfg, plugin_files, isolate, interrupt, pool)
             try:
-                _check_same_environment(meta.get("environment") or {}, executor.environment,
-                                        path)
+                _check_same_environment(meta.get("environment") or {},
+                                        executors[0].environment, path)
                 if run.drop_torn_tail():
                     print(f"warning: {run.results_path}: cut a torn last line; its case runs "
                           f"again", file=sys.stderr)
+                session: dict[str, Any] = {
+                    "at": _now(), "isolated": isolate,
+                    "command": command if command is not None else sys.argv}
+                if pool is not None:
+                    session["devices"] = _devices_meta(pool, executors)
                 meta.update(status="running", finished_at=None, plugins=plugin_files,
-                            n_cases=len(cases), resumed=[*meta.get("resumed", []), {
-                                "at": _now(), "isolated": isolate,
-                                "command": command if command is not None else sys.argv}])
-                return _sweep(run, meta, todo, rows, executor, interrupt, cfg.case_timeout_s,
-                              progress)
+                            n_cases=len(cases), resumed=[*meta.get("resumed", []), session])
+                return _sweep(run, meta, todo, rows, executors, pool, interrupt, cfg, progress)
             finally:
-                executor.close()
+                for executor in executors:
+                    executor.close()
     finally:
         run.close()
 
 
-def _start(cfg: SweepConfig, plugin_files: list[str], isolate: bool,
-           interrupt: Interrupt) -> Executor:
+def _parse_pool(devices: str | Sequence[str], cfg: SweepConfig, isolate: bool) -> list[Device]:
+    pool = parse_devices(devices, config_device=cfg.device)
+    if not isolate:
+        raise UserError("--devices runs one worker process per device; it cannot be combined "
+                        "with --no-isolate")
+    return pool
+
+
+def _devices_meta(pool: list[Device], executors: list[Executor]) -> list[dict[str, Any]]:
+    return [{"device": d.name, "index": d.index, "gpu_name": e.environment.get("gpu_name"),
+             "gpu_uuid": e.environment.get("gpu_uuid")} for d, e in zip(pool, executors)]
+
+
+def _start(cfg: SweepConfig, plugin_files: list[str], isolate: bool, interrupt: Interrupt,
+           pool: list[Device] | None) -> list[Executor]:
+    """One executor for the sweep's device, or one worker per device of ``pool``, all ready."""
     timing = cfg.timing.model_dump()
     try:
-        executor: Executor = (
-            WorkerExecutor(cfg.device, plugin_files, cfg.backends, timing, interrupt)
-            if isolate else InProcessExecutor(cfg.device, timing))
+        if pool is not None:
+            executors: list[Executor] = list(start_all(pool, lambda d: WorkerExecutor(
+                d.kind, plugin_files, cfg.backends, timing, interrupt, env=d.worker_env(),
+                wait=False)))
+            try:
+                check_same_environment(pool, [e.environment for e in executors])
+            except UserError:
+                for executor in executors:
+                    executor.close()
+                raise
+        else:
+            executors = [WorkerExecutor(cfg.device, plugin_files, cfg.backends, timing, interrupt)
+                         if isolate else InProcessExecutor(cfg.device, timing)]
     except KeyboardInterrupt:
         raise Interrupted("interrupted before the first case; nothing was written") from None
     except WorkerStartError as e:
         raise SweepFailed(str(e)) from None
     if interrupt.stop:
-        executor.close()
+        for executor in executors:
+            executor.close()
         raise Interrupted("interrupted before the first case; nothing was written")
-    return executor
+    return executors
 
 
 def _check_same_environment(then: dict[str, Any], now: dict[str, Any], path: Path) -> None:
-    changed = [f"{k} {then.get(k)!r} then, {now.get(k)!r} now" for k in _SAME_ENVIRONMENT
+    """A resumed run must be measured where it began (SAME_ENVIRONMENT: model, driver, libraries)."""
+    changed = [f"{k} {then.get(k)!r} then, {now.get(k)!r} now" for k in SAME_ENVIRONMENT
                if then.get(k) != now.get(k)]
     if changed:
         raise UserError(f"--resume {path}: this machine is not where the run began "
@@ -166,25 +219,42 @@ def _check_same_environment(then: dict[str, Any], now: dict[str, Any], path: Pat
 
 
 def _sweep(run: RunFolder, meta: dict[str, Any], todo: list[Case], rows: list[dict[str, Any]],
-           executor: Executor, interrupt: Interrupt, timeout_s: float,
-           progress: bool) -> SweepResult:
-    """Measure ``todo`` into ``run``, each row on disk before the next case starts."""
+           executors: list[Executor], pool: list[Device] | None, interrupt: Interrupt,
+           cfg: SweepConfig, progress: bool) -> SweepResult:
+    """Measure ``todo`` into ``run``, each row on disk as soon as its case finishes.
+
+    One executor measures the cases in order; a pool deals whole comparison groups, longest
+    first, to whichever worker is free (flashbench.parallel).
+    """
     run.write_meta(meta)
     status, measured = "interrupted", 0
+    # Every row says which device measured it (the GPU's index and UUID).
+    stamps = [row_device_fields(device, e.device, e.environment)
+              for device, e in zip(pool or [None], executors)]
     try:
         with _progress(progress, len(todo)) as update:
-            for case in todo:
-                if interrupt.stop:
-                    break
-                update(case.label())
-                row = executor.measure(case, timeout_s)
-                if row is None:  # abandoned: no row, so a resume measures it
-                    break
+            def keep(worker: int, row: dict[str, Any]) -> None:
+                nonlocal measured
+                row.update(stamps[worker])
                 run.append(row)
                 rows.append(row)
                 measured += 1
                 update(None)
+
+            if pool is None:
+                completed = _in_order(todo, executors[0], interrupt, cfg.case_timeout_s, keep,
+                                      update)
             else:
+                names = [d.name if d.kind == "cuda" else f"cpu worker {d.index}" for d in pool]
+                outcome = measure_in_parallel(
+                    executors, names,
+                    longest_first(comparison_groups(todo), cfg.timing.model_dump()), interrupt,
+                    cfg.case_timeout_s, keep,
+                    lambda worker, case: update(f"{names[worker]}: {case.label()}"))
+                if outcome.retired:
+                    meta["retired_workers"] = outcome.retired
+                completed = outcome.completed
+            if completed:
                 status = "completed"
     except KeyboardInterrupt:  # abandoned in this process (--no-isolate)
         status = "interrupted"
@@ -202,6 +272,21 @@ def _sweep(run: RunFolder, meta: dict[str, Any], todo: list[Case], rows: list[di
         run.write_meta(meta)
         run.close()
     return SweepResult(run.path, rows, meta, measured)
+
+
+def _in_order(todo: list[Case], executor: Executor, interrupt: Interrupt, timeout_s: float,
+              keep: Callable[[int, dict[str, Any]], None],
+              update: Callable[[str | None], None]) -> bool:
+    """One executor, case after case; False when stopped before the last one."""
+    for case in todo:
+        if interrupt.stop:
+            return False
+        update(case.label())
+        row = executor.measure(case, timeout_s)
+        if row is None:  # abandoned: no row, so a resume measures it
+            return False
+        keep(0, row)
+    return True
 
 
 @contextmanager
