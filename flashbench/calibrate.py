@@ -121,9 +121,9 @@ def measure_matmul_tflops(device, dtype: str, n: int, policy: TimingPolicy) -> f
     # Only for this product: "high" lets fp32 inputs use tf32 tensor cores, "highest" forbids it.
     torch.set_float32_matmul_precision("high" if dtype == "tf32" else "highest")
     try:
-        # A fresh output per product, as `a @ b` in user code. With out= this measured 689
-        # TFLOP/s at 8192³ bf16 on an H100 where `a @ b` timed the usual way gave 794
-        # (results/reference/h100-telemetry/README.md has the follow-up).
+        # A fresh output per product, as user code writes it. Sustained for the budget, one
+        # size may fall short of a short burst (power capping); the best size is the ceiling
+        # (results/reference/h100-telemetry/README.md).
         samples, _ = time_callable(lambda: a @ b, device, policy)
     finally:
         torch.set_float32_matmul_precision(before)
