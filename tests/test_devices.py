@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -23,21 +22,12 @@ from flashbench.errors import UserError
 from flashbench.interrupts import Interrupt
 from flashbench.isolation import WorkerStartError
 from flashbench.parallel import measure_in_parallel
+from sweep_helpers import PLUGINS, count_lines, key, rows_of, wait_for, write_config
 
-PLUGINS = Path(__file__).parent / "plugins"
-FAST_TIMING = "timing: {l2: hot, warmup_ms: 0, budget_ms: 5, min_samples: 1, max_samples: 5}\n"
 
 
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def key(row: dict) -> tuple:
-    return tuple(row[f] for f in CASE_FIELDS)
-
-
-def rows_of(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -232,16 +222,9 @@ def test_start_all_waits_for_every_worker_and_closes_all_on_failure():
 
 # --- real CPU workers ------------------------------------------------------------------------
 
-def write_config(path: Path, backends, seq_len=(16, 32), causal=(False, True)) -> Path:
-    path.write_text(
-        f"name: {path.stem}\ndevice: cpu\nbackends: [{', '.join(backends)}]\nbatch: 1\n"
-        f"heads: 2\nseq_len: [{', '.join(map(str, seq_len))}]\nhead_dim: 16\ndtype: fp32\n"
-        f"causal: [{', '.join(str(c).lower() for c in causal)}]\n" + FAST_TIMING)
-    return path
-
-
 def test_two_cpu_workers_measure_the_same_cases_as_one(tmp_path):
-    config = write_config(tmp_path / "two.yaml", ("naive", "fast-einsum", "fast-sdpa"))
+    config = write_config(tmp_path / "two.yaml", ("naive", "fast-einsum", "fast-sdpa"),
+                          seq_len=(16, 32), causal=(False, True))
     one = invoke("run", "--config", config, "--plugin", PLUGINS / "fast.py", "--out",
                  tmp_path / "one", "--no-progress")
     assert one.exit_code == 0, one.output
@@ -283,19 +266,9 @@ def test_devices_bad_input_exits_2_and_leaves_nothing(tmp_path):
         assert not out.exists()
 
 
-def wait_for(predicate, timeout_s: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
-
-
-def count_lines(path: Path) -> int:
-    return path.read_text().count("\n") if path.exists() else 0
-
-
 def test_ctrl_c_then_resume_of_a_two_worker_run(tmp_path):
-    config = write_config(tmp_path / "slow.yaml", ("naive", "slow-sdpa"), seq_len=(16, 32))
+    config = write_config(tmp_path / "slow.yaml", ("naive", "slow-sdpa"), seq_len=(16, 32),
+                          causal=(False, True))
     out = tmp_path / "runs"
     proc = subprocess.Popen(
         [sys.executable, "-m", "flashbench", "run", "--config", str(config), "--plugin",

@@ -16,12 +16,11 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from flashbench import costs
-from flashbench.cases import CASE_FIELDS, Case
+from flashbench.cases import Case
 from flashbench.cli import app
+from sweep_helpers import PLUGINS, count_lines, key, rows_of, wait_for, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGINS = Path(__file__).parent / "plugins"
-FAST_TIMING = "timing: {l2: hot, warmup_ms: 0, budget_ms: 5, min_samples: 1, max_samples: 5}\n"
 
 # Each fault is followed by a healthy backend, which must run in the replaced worker.
 FAULT_SWEEP = {
@@ -29,23 +28,6 @@ FAULT_SWEEP = {
     "fault-hang": "timeout", "fast-sdpa": "ok",
     "fault-raise": "error", "fault-oom": "oom", "fast-einsum": "ok",
 }
-
-
-def write_config(path: Path, backends, seq_len=(16,), causal=(False,)) -> Path:
-    path.write_text(
-        f"name: {path.stem}\ndevice: cpu\nbackends: [{', '.join(backends)}]\nbatch: 1\n"
-        f"heads: 2\nseq_len: [{', '.join(map(str, seq_len))}]\nhead_dim: 16\ndtype: fp32\n"
-        f"causal: [{', '.join(str(c).lower() for c in causal)}]\n" + FAST_TIMING)
-    return path
-
-
-def rows_of(run_dir: Path) -> list[dict]:
-    """Every line must parse: these tests expect no torn line."""
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
-
-
-def key(row: dict) -> tuple:
-    return tuple(row[f] for f in CASE_FIELDS)
 
 
 def test_faulty_plugins_cost_one_row_each_and_the_sweep_goes_on(tmp_path):
@@ -114,17 +96,6 @@ def entry_point_site(tmp_path: Path) -> Path:
     (info / "entry_points.txt").write_text("[flashbench.backends]\nslow = flashbench_test_slow\n")
     (site / "flashbench_test_slow.py").write_text((PLUGINS / "slow.py").read_text())
     return site
-
-
-def wait_for(predicate, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
-
-
-def count_lines(path: Path) -> int:
-    return path.read_text().count("\n") if path.exists() else 0
 
 
 def test_ctrl_c_keeps_every_row_and_resume_finishes_the_run(tmp_path):

@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flashbench.cases import CASE_FIELDS
 from flashbench.check import run_check
 from flashbench.cli import app
+from sweep_helpers import FAST_TIMING, key, rows_of
 
-FAST_TIMING = "timing: {l2: hot, warmup_ms: 0, budget_ms: 5, min_samples: 1, max_samples: 5}\n"
 # 2 lengths x full/causal = 4 shapes, two backends each: 8 cases.
 CONFIG = ("name: shards\ndevice: cpu\nbackends: [naive, sdpa-math]\nbatch: 1\nheads: 2\n"
           "seq_len: [16, 32]\nhead_dim: 16\ndtype: fp32\ncausal: [false, true]\n"
@@ -31,16 +30,12 @@ def run(config: Path, out: Path, *args) -> Path:
     return run_dir
 
 
-def rows_of(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
-
-
 def meta_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "meta.json").read_text())
 
 
 def keys(run_dir: Path) -> list[tuple]:
-    return [tuple(r[f] for f in CASE_FIELDS) for r in rows_of(run_dir)]
+    return [key(r) for r in rows_of(run_dir)]
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from flashbench import costs
