@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flashbench.errors import UserError
+from flashbench.stats import summarize
 from flashbench.timing import TimingPolicy, time_callable
 from flashbench.user_cache import cache_dir, load_entries, store_entry
 
@@ -101,12 +102,6 @@ def save_ceilings(record: dict[str, Any]) -> Path:
     return path
 
 
-def _median(samples: list[float]) -> float:
-    ordered = sorted(samples)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
-
-
 def measure_matmul_tflops(device, dtype: str, n: int, policy: TimingPolicy) -> float:
     """Median rate of an n×n×n product of random normal matrices (2·n³ FLOPs)."""
     import torch
@@ -127,7 +122,7 @@ def measure_matmul_tflops(device, dtype: str, n: int, policy: TimingPolicy) -> f
         samples, _ = time_callable(lambda: a @ b, device, policy)
     finally:
         torch.set_float32_matmul_precision(before)
-    return 2.0 * n**3 / (_median(samples) / 1e3) / 1e12
+    return 2.0 * n**3 / (summarize(samples).median_ms / 1e3) / 1e12
 
 
 def measure_copy_gbps(device, nbytes: int, policy: TimingPolicy) -> float:
@@ -137,7 +132,7 @@ def measure_copy_gbps(device, nbytes: int, policy: TimingPolicy) -> float:
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_(0, 256)
     dst = torch.empty_like(src)
     samples, _ = time_callable(lambda: dst.copy_(src), device, policy)
-    return 2.0 * nbytes / (_median(samples) / 1e3) / 1e9
+    return 2.0 * nbytes / (summarize(samples).median_ms / 1e3) / 1e9
 
 
 def calibrate(device, env: dict[str, Any], dtypes: tuple[str, ...] = CEILING_DTYPES,

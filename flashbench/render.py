@@ -11,7 +11,8 @@ from rich.text import Text
 from flashbench.compare import SHAPE_FIELDS
 from flashbench.table import shape_label, varying_shape_fields
 
-__all__ = ["LEGEND", "backends_display", "fixed_shape", "markdown_table", "runs_display", "to_rich"]
+__all__ = ["LEGEND", "backends_display", "fixed_shape", "format_cell", "markdown_table",
+           "runs_display", "to_rich"]
 
 # Cell marks, explained in every table's caption.
 FASTEST, NOISY, THROTTLED = "*", "~", "!"
@@ -19,7 +20,8 @@ LEGEND = (f"{FASTEST} fastest · {NOISY} noisy (IQR/median > 5%) · {THROTTLED} 
           "clock off the run's median · ×: speedup over the baseline (higher is faster)")
 
 
-def _fmt(x: Any, digits: int = 3) -> str:
+def format_cell(x: Any, digits: int = 3) -> str:
+    """A table cell: empty for missing, grouped thousands from 1000, else ``digits`` significant."""
     if x is None or (isinstance(x, float) and pd.isna(x)):
         return ""
     if isinstance(x, float):
@@ -28,7 +30,7 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 
 def _shape_cell(field: str, value: Any) -> str:
-    return shape_label(field, value) if field == "causal" else _fmt(value)
+    return shape_label(field, value) if field == "causal" else format_cell(value)
 
 
 def _varying_shape(frame: pd.DataFrame) -> list[str]:
@@ -60,9 +62,9 @@ def backends_display(frame: pd.DataFrame) -> pd.DataFrame:
                 continue
             mark = (FASTEST if r["fastest"] == b else "") + (NOISY if r[f"{b}:noisy"] else "") \
                 + (THROTTLED if r[f"{b}:throttled"] else "")
-            ms.append(_fmt(median, 4) + mark + (" mismatch" if status == "mismatch" else ""))
+            ms.append(format_cell(median, 4) + mark + (" mismatch" if status == "mismatch" else ""))
         out[f"{b} ms"] = ms
-        out[f"{b} TFLOP/s"] = frame[f"{b}:tflops"].map(_fmt)
+        out[f"{b} TFLOP/s"] = frame[f"{b}:tflops"].map(format_cell)
         out[f"{b} ×"] = frame[f"{b}:speedup"].map(lambda x: "" if pd.isna(x) else f"{x:.2f}")
     return out
 
@@ -72,8 +74,8 @@ def runs_display(frame: pd.DataFrame) -> pd.DataFrame:
     cols = [f for f in ("backend", *_varying_shape(frame)) if f in frame]
     out = pd.DataFrame({f: frame[f].map(lambda v, f=f: _shape_cell(f, v))
                         for f in dict.fromkeys(cols)})
-    out["baseline ms"] = frame["base_median_ms"].map(lambda x: _fmt(x, 4))
-    out["current ms"] = frame["current_median_ms"].map(lambda x: _fmt(x, 4))
+    out["baseline ms"] = frame["base_median_ms"].map(lambda x: format_cell(x, 4))
+    out["current ms"] = frame["current_median_ms"].map(lambda x: format_cell(x, 4))
     out["ratio [99% CI]"] = [
         "" if pd.isna(r) else f"{r:.3f} [{lo:.3f}, {hi:.3f}]"
         for r, lo, hi in zip(frame["ratio"], frame["ci_low"], frame["ci_high"])]

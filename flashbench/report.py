@@ -11,7 +11,8 @@ import pandas as pd
 
 from flashbench.compare import compare_backends
 from flashbench.errors import UserError
-from flashbench.render import LEGEND, backends_display, fixed_shape, markdown_table
+from flashbench.render import (LEGEND, backends_display, fixed_shape, format_cell,
+                               markdown_table)
 from flashbench.table import results_frame, shape_label, varying_shape_fields
 from flashbench.telemetry import off_clock, run_clock
 
@@ -49,12 +50,6 @@ def _plots(rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> l
     return make_plots(results_frame(rows), out_dir, _where(meta), ceilings)
 
 
-def _num(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    return f"{value:,.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
-
-
 def machine_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Per timed case: rates, shares of the calibrated ceilings, intensity and telemetry."""
     timed = [r for r in rows if r.get("median_ms") is not None]
@@ -63,7 +58,7 @@ def machine_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     out = []
     for r in timed:
         line = {f: shape_label(f, r[f]) for f in fields}
-        line |= {label: _num(r.get(key), digits) for key, label, digits in _MACHINE_COLUMNS}
+        line |= {label: format_cell(r.get(key), digits) for key, label, digits in _MACHINE_COLUMNS}
         line["throttle"] = (r.get("throttle") or "") + ("!" if off_clock(r, clock) else "")
         out.append(line)
     return pd.DataFrame(out)

@@ -205,3 +205,24 @@ def test_gpu_calibration_orders_the_dtypes_as_tensor_cores_do():
     # Tensor cores: 16-bit above tf32 above IEEE fp32, each by a wide margin on any recent GPU.
     assert rates["bf16"] > 1.5 * rates["tf32"] and rates["tf32"] > 2 * rates["fp32"]
     assert record["copy_gbps"] > 200  # any HBM or GDDR card; a host copy would be far below
+
+
+def test_markdown_report_shows_each_case_against_the_calibrated_card():
+    from pathlib import Path
+
+    from flashbench.report import machine_table, render_report
+    from flashbench.store import load_run
+
+    reference = Path(__file__).resolve().parents[1] / "results" / "reference" / "h100-telemetry"
+    rows, meta, _ = load_run(reference, reference.parent)
+    table = machine_table(rows)
+    assert len(table) == len(rows) == 112
+    first = table.iloc[0]
+    assert first["% peak FLOP/s"] == f"{rows[0]['pct_peak_flops']:.3g}"
+    assert first["FLOP/B"] == f"{rows[0]['arith_intensity']:.3g}" == "508"
+    # The run's own marks: throttled cases and the one at 1635 MHz carry "!".
+    marked = table[table["throttle"].str.endswith("!")]
+    assert len(marked) == sum(1 for r in rows if r["throttle"]) + 1
+    text, _ = render_report(rows, meta, "markdown")
+    assert "matmul bf16 768.3 TFLOP/s" in text and "copy 3,030 GB/s" in text
+    assert "| backend | seq_len | head_dim | causal | ms | TFLOP/s | % peak FLOP/s |" in text
