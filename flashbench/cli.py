@@ -502,8 +502,19 @@ def calibrate_command(
             raise UserError(f"no calibration cached for {cal.calibration_key(env)} in "
                             f"{cal.ceilings_path()}; run `flashbench calibrate`")
     else:
-        with _steps(progress, total=_calibration_steps(dev, chosen)) as step:
+        from flashbench.runner import progress_bar
+
+        with progress_bar(progress, _calibration_steps(dev, chosen)) as update:
+            started: list[str] = []
+
+            def step(label: str) -> None:  # a step starting means the one before it is done
+                if started:
+                    update(None)
+                started.append(label)
+                update(label)
+
             record = cal.calibrate(dev, env, chosen, step=step)
+            update(None)
         path = cal.save_ceilings(record)
         typer.echo(f"saved: {path} [{record['key']}]", err=True)
     if as_json:
@@ -536,35 +547,6 @@ def _ceilings_table(record: dict):
     for dtype, why in (record.get("skipped") or {}).items():
         table.add_row(f"matmul {dtype}", "not measured", why)
     return table
-
-
-def _steps(enabled: bool, total: int):
-    """A context giving ``step(label)``: a Rich progress bar on stderr over ``total`` steps."""
-    import contextlib
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if not enabled:
-        return contextlib.nullcontext(lambda label: None)
-
-    @contextlib.contextmanager
-    def bar():
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=Console(stderr=True)) as p:
-            task = p.add_task("starting", total=total)
-            started = [False]
-
-            def step(label: str) -> None:
-                if started[0]:
-                    p.advance(task)
-                started[0] = True
-                p.update(task, description=label)
-
-            yield step
-            p.update(task, completed=total)
-
-    return bar()
 
 
 @app.command("profile")

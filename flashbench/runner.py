@@ -26,7 +26,8 @@ from flashbench.shard import Shard, shard_cases
 from flashbench.store import RunFolder, check_root, create_run, find_run, open_run, read_meta, \
     read_rows
 
-__all__ = ["Interrupted", "SweepFailed", "SweepResult", "resume_sweep", "run_sweep"]
+__all__ = ["Interrupted", "SweepFailed", "SweepResult", "progress_bar", "resume_sweep",
+           "run_sweep"]
 
 
 
@@ -232,7 +233,7 @@ def _sweep(run: RunFolder, meta: dict[str, Any], todo: list[Case], rows: list[di
     stamps = [row_device_fields(device, e.device, e.environment)
               for device, e in zip(pool or [None], executors)]
     try:
-        with _progress(progress, len(todo)) as update:
+        with progress_bar(progress, len(todo)) as update:
             def keep(worker: int, row: dict[str, Any]) -> None:
                 nonlocal measured
                 row.update(stamps[worker])
@@ -290,7 +291,7 @@ def _in_order(todo: list[Case], executor: Executor, interrupt: Interrupt, timeou
 
 
 @contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[str | None], None]]:
+def progress_bar(enabled: bool, total: int) -> Iterator[Callable[[str | None], None]]:
     """Yields ``update``: ``update(label)`` names the case starting, ``update(None)`` counts it done.
 
     A Rich progress bar on stderr, so that stdout stays clean for data; a no-op when disabled.
