@@ -23,6 +23,7 @@ __all__ = [
     "list_presets",
     "load_config",
     "requested_device",
+    "validate_config",
 ]
 
 # Known without importing torch, so that bad names are refused before anything heavy runs.
@@ -165,6 +166,11 @@ def load_config(config: str, overrides: dict[str, Any] | None = None) -> SweepCo
                 data["timing"][key] = value
         else:
             data[key] = value
+    return validate_config(data, source)
+
+
+def validate_config(data: dict[str, Any], source: str) -> SweepConfig:
+    """A config from plain data, or bad input naming ``source`` and the field that is wrong."""
     try:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as e:

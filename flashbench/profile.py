@@ -26,10 +26,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from flashbench.cases import Case
-from flashbench.config import SweepConfig, _check_head_groups, expand_cases, format_validation_error
+from flashbench.config import expand_cases, validate_config
 from flashbench.errors import UserError
 
 __all__ = ["DEFAULT_PROFILE", "NCU_METRICS", "PROFILE_FILE", "find_ncu", "kernels_table",
@@ -51,12 +49,7 @@ def profile_cases(given: dict[str, Any]) -> list[Case]:
     """One shape (the defaults above, overridden by ``given``; None means not given), each backend."""
     data = dict(DEFAULT_PROFILE)
     data.update({k: v for k, v in given.items() if v is not None})
-    try:
-        cfg = SweepConfig.model_validate(data)
-    except ValidationError as e:
-        raise UserError(format_validation_error(e, _SOURCE)) from None
-    _check_head_groups(cfg, _SOURCE)
-    return expand_cases(cfg)
+    return expand_cases(validate_config(data, _SOURCE))
 
 
 def find_ncu(explicit: str | None = None) -> str | None:

@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from pydantic import ValidationError
-
 from flashbench.cases import CASE_FIELDS, Case
-from flashbench.config import SweepConfig, expand_cases, format_validation_error
+from flashbench.config import SweepConfig, expand_cases, validate_config
 from flashbench.devices import (SAME_ENVIRONMENT, Device, check_same_environment, parse_devices,
                                 row_device_fields, start_all)
 from flashbench.errors import UserError
@@ -121,10 +119,7 @@ def resume_sweep(ref: str | Path, out_root: Path, *, command: list[str] | None =
         plugin_files = load_plugins([*meta.get("plugins", []), *map(str, plugins)])
     except UserError as e:  # a plugin the run used may have moved since
         raise UserError(f"--resume {ref}: {e}") from None
-    try:
-        cfg = SweepConfig.model_validate(config)
-    except ValidationError as e:
-        raise UserError(format_validation_error(e, source)) from None
+    cfg = validate_config(config, source)
     cases = expand_cases(cfg)
     if isinstance(meta.get("shard"), dict):
         cases = shard_cases(cases, Shard.from_meta(meta["shard"]), cfg.timing.model_dump())
