@@ -159,15 +159,20 @@ def case_call(case: Case, device: torch.device) -> Callable[[], Any]:
     if reason:
         raise Refused(reason)
     q, k, v = make_inputs(case, device)
-    dout = None
-    if case.mode is not Mode.FWD:
-        dout = _grad_output(case, q)
+    run = _prepared_call(case, backend, q, k, v,
+                         None if case.mode is Mode.FWD else _grad_output(case, q))
+    _first_call(run, case.backend)  # a refusal is raised here, as in a sweep
+    return run
+
+
+def _prepared_call(case: Case, backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   dout: torch.Tensor | None) -> Callable[[], Any]:
+    """The backend prepared for the inputs (may tune and compile), as the mode's call."""
+    if dout is not None:
         for t in (q, k, v):
             t.requires_grad_()
     fn = backend.prepare(q, k, v, causal=case.causal, scale=1.0 / math.sqrt(case.head_dim))
-    run = mode_call(fn, case.mode, (q, k, v), dout)
-    _first_call(run, case.backend)  # a refusal is raised here, as in a sweep
-    return run
+    return mode_call(fn, case.mode, (q, k, v), dout)
 
 
 class Refused(Exception):
@@ -219,12 +224,9 @@ def _measure_into(row: dict[str, Any], case: Case, backend, device: torch.device
         # Gradients are checked, the forward's output is checked by the fwd mode.
         refs = reference_gradients(q, k, v, dout, causal=case.causal, scale=scale,
                                    dtype=ref_dtype)[1:]
-        for t in (q, k, v):
-            t.requires_grad_()
     # Preparing may autotune and compile (our Triton kernel): timed apart from the samples.
     started = time.perf_counter()
-    fn = backend.prepare(q, k, v, causal=case.causal, scale=scale)
-    run = mode_call(fn, case.mode, (q, k, v), dout)
+    run = _prepared_call(case, backend, q, k, v, dout)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row["setup_ms"] = (time.perf_counter() - started) * 1e3
