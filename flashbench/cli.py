@@ -30,6 +30,8 @@ class _OneLineErrors(TyperGroup):
     """A flag of the wrong type or an unknown option is bad input too: one line, exit 2."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not (sys.argv[1:] if args is None else args):  # `flashbench` alone: its usage, exit 0
+            args = ["--help"]
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.Abort:
@@ -50,7 +52,25 @@ app = typer.Typer(
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help text is plain text: as Rich markup, every "[default: …]" note would vanish.
+    rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from flashbench import __version__
+
+        typer.echo(f"flashbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print flashbench's version and exit."),
+) -> None:
+    """Benchmark and profile attention: Triton FlashAttention, PyTorch SDPA backends, naive."""
 
 
 def _user_errors_exit_2(command: Callable) -> Callable:
@@ -84,8 +104,9 @@ def _str_list(text: Optional[str]) -> Optional[list[str]]:
     return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
 
 
-PLUGINS = typer.Option(None, "--plugin", help="A Python file that registers backends with "
-                                                "@flashbench.register_backend (repeatable).")
+PLUGINS = typer.Option(None, "--plugin", metavar="FILE",
+                       help="A Python file that registers backends with "
+                            "@flashbench.register_backend (repeatable).")
 
 
 @app.command()
@@ -191,6 +212,7 @@ def run(
 
 def _report_sweep(result: SweepResult, strict: bool, *, resumed: bool) -> None:
     """The table on stdout; failures, the summary and how to go on on stderr; the exit code."""
+    from flashbench.fit import print_grid
     from flashbench.table import failure_notes, sweep_table
     from flashbench.telemetry import telemetry_notes
 
@@ -198,7 +220,7 @@ def _report_sweep(result: SweepResult, strict: bool, *, resumed: bool) -> None:
     where = env.get("gpu_name") or f"CPU ({env.get('cpu')})"
     name = result.meta["config"].get("name", "custom")
     if result.rows:
-        _stdout().print(sweep_table(result.rows, title=f"flashbench {name} on {where}"))
+        print_grid(sweep_table(result.rows, title=f"flashbench {name} on {where}"))
     for note in failure_notes(result.rows) + telemetry_notes(result.rows):
         typer.echo(note, err=True)
     if env.get("gpu_uuid") and not env.get("ceilings"):
@@ -219,13 +241,6 @@ def _report_sweep(result: SweepResult, strict: bool, *, resumed: bool) -> None:
     if strict and any(r["status"] in ("error", "mismatch", "crash", "timeout")
                       for r in result.rows):
         raise typer.Exit(EXIT_FAILED)
-
-
-def _stdout():
-    """Rich console for data; unbounded when piped, so wide tables are not squeezed or cut."""
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=100_000)
 
 
 def _has_cuda(device: Optional[str]) -> bool:
@@ -266,8 +281,6 @@ def list_backends(
     plugin: Optional[list[Path]] = PLUGINS,
 ) -> None:
     """Backends (plugins included), whether each can run on this machine, and why not."""
-    from rich.table import Table
-
     from flashbench.measure import select_device
 
     dev = select_device(device)  # before plugins, which may import triton
@@ -275,14 +288,19 @@ def list_backends(
 
     load_plugins([str(p) for p in plugin or []])
     from flashbench.backends import registry
+    from flashbench.fit import Column, Grid, print_grid
 
-    table = Table(title=f"backends on {dev}")
-    for col in ("backend", "family", "available", "why not", "description"):
-        table.add_column(col)
-    for b in registry().values():
-        reason = b.unavailable(dev)
-        table.add_row(b.name, b.family, "no" if reason else "yes", reason or "", b.description)
-    _stdout().print(table)
+    backends = list(registry().values())
+    reasons = [b.unavailable(dev) for b in backends]
+    print_grid(Grid(f"backends on {dev}", [Column("backend", [b.name for b in backends],
+                                                  justify="left")],
+                    [("", [Column("family", [b.family for b in backends], justify="left"),
+                           Column("available", ["no" if r else "yes" for r in reasons],
+                                  justify="left"),
+                           Column("why not", [r or "" for r in reasons], justify="left",
+                                  fold=True),
+                           Column("description", [b.description for b in backends],
+                                  justify="left", fold=True)])]))
 
 
 @app.command()
@@ -301,13 +319,15 @@ def env(
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))
         return
-    from rich.table import Table
+    from rich.text import Text
 
-    table = Table(show_header=False)
-    for label, value in environment_items(info):
-        table.add_row(label, "–" if value is None else str(value),
-                      style="yellow" if label == "missing" else "")
-    _stdout().print(table)
+    from flashbench.fit import Column, Grid, print_grid
+
+    items = environment_items(info)
+    labels = [Text(label, style="yellow" if label == "missing" else "") for label, _ in items]
+    values = ["–" if value is None else str(value) for _, value in items]
+    print_grid(Grid("", [Column("", labels, justify="left")],
+                    [("", [Column("", values, justify="left", fold=True)])], show_header=False))
 
 
 RESULTS_DIR = typer.Option(Path("results"), "--results-dir",
@@ -367,6 +387,7 @@ def compare(
         display = render.runs_display(frame)
         title = f"{b_path} against {a_path} (ratio = B/A, >1: B slower)"
         caption = "verdicts as in flashbench check"
+        grid = render.to_grid(display, title, caption, keys=render.key_columns(display))
     else:
         rows, _, path = load_run(runs[0] if runs else None, results_dir)
         present = sorted({r["backend"] for r in rows})
@@ -376,9 +397,13 @@ def compare(
         frame = cmp.compare_backends(rows, baseline_backend)
         display = render.backends_display(frame)
         title = f"{path}: {render.fixed_shape(frame)}"
-        caption = render.LEGEND
+        caption = render.legend(display)
+        grid = render.to_grid(display, title, caption, keys=render.key_columns(display),
+                              by_backend=True)
     if fmt == "table":
-        _stdout().print(render.to_rich(display, title, caption))
+        from flashbench.fit import print_grid
+
+        print_grid(grid)
     elif fmt == "csv":
         _write_output(frame.to_csv(index=False), None)
     elif fmt == "json":
@@ -406,6 +431,13 @@ def report(
     text, images = render_report(rows, meta, fmt, plot_dir=plot)
     for image in images if plot else []:
         typer.echo(f"plot: {image}", err=True)
+    if fmt == "html" and plot is None:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            from flashbench.report import PLOT_HINT
+
+            typer.echo(f"note: the page has tables but no plots; {PLOT_HINT}", err=True)
     _write_output(text, output)
 
 
@@ -467,8 +499,11 @@ def check(
     notable = result.frame[result.frame["verdict"] != "unchanged"]
     counts = ", ".join(f"{n} {v}" for v, n in sorted(result.frame["verdict"].value_counts().items()))
     if not notable.empty:
-        _stdout().print(render.to_rich(render.runs_display(notable),
-                                       f"{result.current} against {result.baseline}"))
+        from flashbench.fit import print_grid
+
+        display = render.runs_display(notable)
+        print_grid(render.to_grid(display, f"{result.current} against {result.baseline}",
+                                  keys=render.key_columns(display)))
     verdict = "no regression" if result.passed else f"{len(result.failing)} failing case(s)"
     typer.echo(f"check: {verdict} ({counts}; threshold {result.threshold:.1%})")
     if not result.passed:
@@ -502,25 +537,27 @@ def calibrate_command(
             raise UserError(f"no calibration cached for {cal.calibration_key(env)} in "
                             f"{cal.ceilings_path()}; run `flashbench calibrate`")
     else:
-        from flashbench.runner import progress_bar
+        from flashbench.progress import progress as show_progress
 
-        with progress_bar(progress, _calibration_steps(dev, chosen)) as update:
+        with show_progress(progress, _calibration_steps(dev, chosen)) as shown:
             started: list[str] = []
 
             def step(label: str) -> None:  # a step starting means the one before it is done
                 if started:
-                    update(None)
+                    shown.done()
                 started.append(label)
-                update(label)
+                shown.start(label)
 
             record = cal.calibrate(dev, env, chosen, step=step)
-            update(None)
+            shown.done()
         path = cal.save_ceilings(record)
         typer.echo(f"saved: {path} [{record['key']}]", err=True)
     if as_json:
         typer.echo(json.dumps(record, indent=1))
         return
-    _stdout().print(_ceilings_table(record))
+    from flashbench.fit import print_grid
+
+    print_grid(_ceilings_table(record))
 
 
 def _calibration_steps(device, dtypes: tuple[str, ...]) -> int:
@@ -531,22 +568,22 @@ def _calibration_steps(device, dtypes: tuple[str, ...]) -> int:
 
 
 def _ceilings_table(record: dict):
-    from rich.table import Table
+    from flashbench.fit import Column, Grid
 
-    table = Table(title=f"ceilings of {record.get('device_name')} "
-                        f"(calibrated {record.get('calibrated_at')})", title_justify="left",
-                  caption="matmul: best median rate of n×n×n products over the sizes tried · "
-                          "copy: device-memory copy, read + write counted", caption_justify="left")
-    for col in ("ceiling", "rate", "at"):
-        table.add_column(col, justify="right" if col != "ceiling" else "left")
-    for dtype, rate in record["matmul_tflops"].items():
-        table.add_row(f"matmul {dtype}", f"{rate:,.1f} TFLOP/s",
-                      f"n={record.get('matmul_best_n', {}).get(dtype, '?')}")
-    table.add_row("copy", f"{record['copy_gbps']:,.0f} GB/s",
-                  f"{record.get('copy_bytes', 0) / 2**30:.2f} GiB")
-    for dtype, why in (record.get("skipped") or {}).items():
-        table.add_row(f"matmul {dtype}", "not measured", why)
-    return table
+    lines = [(f"matmul {dtype}", f"{rate:,.1f} TFLOP/s",
+              f"n={record.get('matmul_best_n', {}).get(dtype, '?')}")
+             for dtype, rate in record["matmul_tflops"].items()]
+    lines.append(("copy", f"{record['copy_gbps']:,.0f} GB/s",
+                  f"{record.get('copy_bytes', 0) / 2**30:.2f} GiB"))
+    lines += [(f"matmul {dtype}", "not measured", why)
+              for dtype, why in (record.get("skipped") or {}).items()]
+    names, rates, at = (list(c) for c in zip(*lines))
+    return Grid(f"ceilings of {record.get('device_name')} "
+                f"(calibrated {record.get('calibrated_at')})",
+                [Column("ceiling", names, justify="left")],
+                [("", [Column("rate", rates), Column("at", at, fold=True)])],
+                caption="matmul: best median rate of n×n×n products over the sizes tried · "
+                        "copy: device-memory copy, read + write counted")
 
 
 @app.command("profile")
@@ -586,6 +623,12 @@ def profile_command(
     dev = select_device(device)  # before anything imports triton (the interpreter on a CPU)
     cases = prof.profile_cases(given)
     check_root(out)
+    if dev.type == "cpu":
+        from flashbench.schedule import interpreter_warning
+
+        note = interpreter_warning([c for c in cases if c.backend == "triton"], reps + 1)
+        if note:
+            typer.echo(note, err=True)
     ncu_exe = prof.find_ncu(ncu_path) if ncu and dev.type == "cuda" else None
     if ncu and dev.type == "cuda" and ncu_exe is None:
         typer.echo("note: Nsight Compute (ncu) not found; kernels only, no DRAM bytes", err=True)
@@ -604,10 +647,11 @@ def profile_command(
             "environment": capture_environment(dev)}
     path = prof.save_profile(out, results, meta)
     shape = cases[0].label().split(" ", 1)[-1]
-    console = _stdout()
-    console.print(prof.summary_table(results, f"profile of {shape} on "
-                                              f"{meta['environment'].get('gpu_name') or 'CPU'}"))
-    console.print(prof.kernels_table(results))
+    from flashbench.fit import print_grid
+
+    print_grid(prof.summary_table(results, f"profile of {shape} on "
+                                           f"{meta['environment'].get('gpu_name') or 'CPU'}"))
+    print_grid(prof.kernels_table(results))
     typer.echo(f"profile: {path}", err=True)
 
 

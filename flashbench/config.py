@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -118,6 +119,11 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         f"{source}: {loc}: {msg}"
 
 
+# Presets renamed for what they are; the old names still work, with a note.
+RENAMED_PRESETS = {"h100-prefill": "prefill", "h100-train": "train"}
+_NOTED: set[str] = set()
+
+
 def list_presets() -> list[str]:
     files = resources.files("flashbench.configs")
     return sorted(p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml"))
@@ -134,6 +140,12 @@ def _read_source(config: str) -> tuple[dict, str]:
             raise UserError(f"cannot read config {config}: {e.strerror}") from None
         source = str(path)
     else:
+        if config in RENAMED_PRESETS:
+            if config not in _NOTED:
+                _NOTED.add(config)
+                print(f"note: preset {config!r} is now called {RENAMED_PRESETS[config]!r}",
+                      file=sys.stderr)
+            config = RENAMED_PRESETS[config]
         presets = list_presets()
         if config not in presets:
             raise UserError(f"unknown preset {config!r}{did_you_mean(config, presets)}; "

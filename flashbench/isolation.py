@@ -27,7 +27,7 @@ from flashbench.interrupts import Interrupt
 from flashbench.worker import receive as _receive, send as _send
 
 __all__ = ["STDERR_TAIL_LINES", "Executor", "InProcessExecutor", "Interrupted", "WorkerExecutor",
-           "WorkerStartError"]
+           "WorkerStartError", "python_module_command"]
 
 STDERR_TAIL_LINES = 20
 STARTUP_TIMEOUT_S = 300.0  # importing torch and initializing CUDA, on a busy machine
@@ -50,6 +50,17 @@ class Executor(Protocol):
         """The case's row; None when the user abandoned it (no row: a resume runs it again)."""
 
     def close(self) -> None: ...
+
+
+def python_module_command(module: str) -> list[str]:
+    """``python -P -m module``: this interpreter, without the current folder on ``sys.path``.
+
+    Plain ``-m`` puts the current folder first, so that, run from a checkout of flashbench, the
+    source folder ``./flashbench`` (which lacks the ``kernels`` subpackage setuptools maps in)
+    would shadow the installed package. ``-P`` (Python 3.11+) keeps ``sys.path`` as installed;
+    PYTHONPATH still applies.
+    """
+    return [sys.executable, "-P", "-m", module]
 
 
 def _describe_exit(returncode: int) -> str:
@@ -85,7 +96,7 @@ class _Worker:
                 # A fresh interpreter (never a fork): it imports nothing of the caller's, its
                 # __main__ included, and no CUDA state can be inherited.
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "flashbench.worker", str(request_r), str(reply_w),
+                    [*python_module_command("flashbench.worker"), str(request_r), str(reply_w),
                      str(os.getpid())],
                     pass_fds=(request_r, reply_w), stdin=subprocess.DEVNULL, stdout=log,
                     stderr=log, env=env,

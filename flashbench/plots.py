@@ -242,12 +242,68 @@ def _roofline(data: pd.DataFrame, ceilings: dict[str, Any] | None, gpu_name: str
     return fig
 
 
+def _shape_label(key: dict[str, Any], varying: list[str]) -> str:
+    """A comparison group as a y tick: only what varies in the run (N4096 D128 causal)."""
+    names = {"mode": "{}", "dtype": "{}", "batch": "B{}", "heads": "H{}", "kv_heads": "Hkv{}",
+             "seq_len": "N{}", "kv_len": "KV{}", "head_dim": "D{}"}
+    parts = [names[f].format(key[f]) for f in names if f in varying]
+    if "causal" in varying:
+        parts.append("causal" if key["causal"] else "full")
+    return " ".join(parts) or "the one shape"
+
+
+def _headline(data: pd.DataFrame, gpu_name: str, colors: dict[str, str]) -> Figure | None:
+    """Per shape, each backend's median over the fastest's: who wins, and by how much."""
+    shape = [f for f in ("mode", "dtype", "batch", "heads", "kv_heads", "seq_len", "kv_len",
+                         "head_dim", "causal") if f in data]
+    ok = data[data["status"] == "ok"] if "status" in data else data
+    ok = ok[ok["median_ms"] > 0]
+    groups = [(dict(zip(shape, k)), g) for k, g in ok.groupby(shape, sort=True)
+              if g["backend"].nunique() > 1]
+    if not groups:
+        return None
+    varying = [f for f in shape if ok[f].nunique() > 1]
+    height = max(2.4, 0.24 * len(groups) + 1.6)
+    fig = Figure(figsize=(_PANEL_W * 1.6, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    backends = [b for b in colors if b in set(ok["backend"])]
+    labels = []
+    for y, (key, g) in enumerate(reversed(groups)):  # the first shape at the top
+        fastest = g["median_ms"].min()
+        labels.append(_shape_label(key, varying))
+        for b in backends:
+            times = g.loc[g["backend"] == b, "median_ms"]
+            if not times.empty:
+                style = _line_style(colors, b)
+                ax.scatter([times.iloc[0] / fastest], [y], color=style["color"],
+                           marker=style["marker"], s=28, zorder=2, label=b)
+    ax.axvline(1.0, color="black", linewidth=0.8, zorder=1)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}×"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("median latency ÷ the fastest backend's, per shape (log; 1× = fastest)",
+                  fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(True, axis="x", which="major", alpha=0.3)
+    fixed = _fixed_subtitle(ok, varying)
+    fig.suptitle(f"Who is fastest, and by how much, on {gpu_name}"
+                 + (f"\n{fixed}" if fixed else ""), fontsize=12)
+    handles = [Line2D([], [], linestyle="", **{k: v for k, v in _line_style(colors, b).items()
+                                              if k != "linewidth"}) for b in backends]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 7),
+               fontsize=9, frameon=False)
+    return fig
+
+
 def make_plots(frame: pd.DataFrame, out_dir: Path, gpu_name: str,
                ceilings: dict[str, Any] | None = None) -> list[Path]:
-    """Write latency, TFLOP/s, memory, decode and roofline PNGs into ``out_dir``; return those
-    written.
+    """Write headline, latency, TFLOP/s, memory, decode and roofline PNGs into ``out_dir``;
+    return those written.
 
-    Only rows with a median are drawn. memory.png needs allocator figures (none on a CPU run)
+    Only rows with a median are drawn; headline.png needs two backends timed on one shape. memory.png needs allocator figures (none on a CPU run)
     and decode.png needs decode shapes; each is skipped when there is nothing to draw.
     roofline.png draws the roofs from ``ceilings`` (flashbench calibrate's record), the points
     alone without it.
@@ -264,7 +320,7 @@ def make_plots(frame: pd.DataFrame, out_dir: Path, gpu_name: str,
     def linear_from_zero(ax: Axes) -> None:
         ax.set_ylim(bottom=0)
 
-    figures: dict[str, Figure | None] = {}
+    figures: dict[str, Figure | None] = {"headline.png": _headline(data, gpu_name, colors)}
     if not prefill.empty:
         figures["latency.png"] = _figure(
             prefill, x="seq_len", y="median_ms", gpu_name=gpu_name, colors=colors,

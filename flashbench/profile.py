@@ -29,6 +29,7 @@ from typing import Any
 from flashbench.cases import Case
 from flashbench.config import expand_cases, validate_config
 from flashbench.errors import UserError
+from flashbench.isolation import python_module_command
 
 __all__ = ["DEFAULT_PROFILE", "NCU_METRICS", "PROFILE_FILE", "find_ncu", "kernels_table",
            "ncu_command", "parse_ncu_csv", "profile_case", "profile_cases", "profile_kernels",
@@ -70,12 +71,16 @@ def find_ncu(explicit: str | None = None) -> str | None:
     return None
 
 
-def profile_kernels(run, device, reps: int = 3) -> list[dict[str, Any]]:
-    """The kernels ``reps`` calls of ``run`` launched, per call: name, launches, time (µs).
+def profile_kernels(run, device, reps: int = 3) -> tuple[list[dict[str, Any]], float]:
+    """The kernels ``reps`` calls of ``run`` launched, per call (name, launches, time in µs),
+    and the wall time of one call under the profiler, in µs.
 
     On a GPU, every device-side event (kernels, memcpy, memset); on a CPU, aten operators by
-    self time (there are no kernels; the operators are what the call is made of).
+    self time (there are no kernels; the operators are what the call is made of, and Triton's
+    interpreter, which is Python and numpy, shows in none of them: hence the wall time).
     """
+    import time
+
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -88,10 +93,12 @@ def profile_kernels(run, device, reps: int = 3) -> list[dict[str, Any]]:
         # "Profiler clears events at the end of each cycle": one cycle here, nothing is lost.
         warnings.filterwarnings("ignore", message=".*clears events.*")
         with profile(activities=activities) as prof:
+            started = time.perf_counter()
             for _ in range(reps):
                 run()
             if cuda:
                 torch.cuda.synchronize(device)
+            wall_us = (time.perf_counter() - started) * 1e6 / reps
     stats: dict[str, dict[str, float]] = {}
     if cuda:
         for evt in prof.events():
@@ -108,14 +115,14 @@ def profile_kernels(run, device, reps: int = 3) -> list[dict[str, Any]]:
     out = [{"kernel": name, "kind": kind, "launches_per_call": s["launches"] / reps,
             "us_per_call": s["us"] / reps, "share": s["us"] / total}
            for name, s in stats.items()]
-    return sorted(out, key=lambda k: -k["us_per_call"])
+    return sorted(out, key=lambda k: -k["us_per_call"]), wall_us
 
 
 def ncu_command(ncu: str, log_file: Path, case: Case) -> list[str]:
     return [ncu, "--clock-control", "none", "--profile-from-start", "off",
             "--target-processes", "all", "--metrics", ",".join(NCU_METRICS), "--csv",
             "--print-units", "base", "--log-file", str(log_file),
-            sys.executable, "-m", "flashbench.profile_target", json.dumps(case.to_dict())]
+            *python_module_command("flashbench.profile_target"), json.dumps(case.to_dict())]
 
 
 def _number(text: str) -> float:
@@ -181,15 +188,17 @@ def profile_case(case: Case, device, *, ncu: str | None, reps: int = 3,
     result: dict[str, Any] = case.to_dict() | {
         "status": "ok", "error": None, "device": str(device),
         "hbm_bytes": costs.hbm_bytes(case, costs.algorithm_of(case.backend)),
-        "kernels": [], "gpu_us_per_call": None, "dram_read_bytes": None,
+        "kind": "gpu-kernel" if device.type == "cuda" else "cpu-op",
+        "kernels": [], "gpu_us_per_call": None, "wall_us_per_call": None, "dram_read_bytes": None,
         "dram_write_bytes": None, "dram_bytes": None, "measured_over_model": None,
         "ncu_error": None if ncu else ("Nsight Compute (ncu) not found" if device.type == "cuda"
                                        else "DRAM counters need a GPU"),
     }
     try:
         run = case_call(case, device)
-        result["kernels"] = profile_kernels(run, device, reps)
-        result["gpu_us_per_call"] = sum(k["us_per_call"] for k in result["kernels"])
+        result["kernels"], result["wall_us_per_call"] = profile_kernels(run, device, reps)
+        if device.type == "cuda":
+            result["gpu_us_per_call"] = sum(k["us_per_call"] for k in result["kernels"])
         del run
     except Refused as e:
         return result | {"status": "unsupported", "error": str(e)}
@@ -244,42 +253,53 @@ def _gb(n: float | None) -> str:
 
 
 def summary_table(results: list[dict[str, Any]], title: str):
-    """Per backend: what ran, GPU time per call, modelled against measured DRAM bytes."""
-    from rich.table import Table
+    """Per backend: what ran, time per call, modelled against measured DRAM bytes."""
+    from flashbench.fit import Column, Grid
 
-    table = Table(title=title, title_justify="left", caption_justify="left", caption=(
-        "GB: 10⁹ bytes per call · model: flashbench's hbm_bytes for the backend's algorithm · "
-        "measured: ncu dram__bytes_read.sum + dram__bytes_write.sum over every kernel of one "
-        "call, caches flushed before each kernel"))
-    for col in ("backend", "status", "kernels", "launches", "time/call µs", "model GB",
-                "read GB", "write GB", "measured GB", "measured/model"):
-        table.add_column(col, justify="left" if col in ("backend", "status") else "right")
-    for r in results:
-        ratio = r["measured_over_model"]
-        table.add_row(r["backend"], r["status"] if r["status"] == "ok" else
-                      f"{r['status']}: {(r['error'] or '')[:60]}",
-                      str(len(r["kernels"])),
-                      f"{sum(k['launches_per_call'] for k in r['kernels']):g}",
-                      "–" if r["gpu_us_per_call"] is None else f"{r['gpu_us_per_call']:,.1f}",
-                      _gb(r["hbm_bytes"]), _gb(r["dram_read_bytes"]), _gb(r["dram_write_bytes"]),
-                      _gb(r["dram_bytes"]), "–" if ratio is None else f"{ratio:.2f}")
-    return table
+    def col(header: str, values: list[str], **kw: Any) -> Column:
+        return Column(header, values, **kw)
+
+    def time_cell(r: dict[str, Any]) -> str:
+        us = r["wall_us_per_call"] if r["kind"] == "cpu-op" else r["gpu_us_per_call"]
+        return "–" if us is None else f"{us:,.1f}"
+
+    ratios = [r["measured_over_model"] for r in results]
+    cpu = any(r["kind"] == "cpu-op" for r in results)
+    return Grid(title, [col("backend", [r["backend"] for r in results], justify="left")], [("", [
+        col("status", [r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error'] or ''}"
+                       for r in results], justify="left", fold=True),
+        col("kernels" if not cpu else "ops", [str(len(r["kernels"])) for r in results]),
+        col("launches", [f"{sum(k['launches_per_call'] for k in r['kernels']):g}"
+                         for r in results]),
+        col("time/call µs", [time_cell(r) for r in results]),
+        col("model GB", [_gb(r["hbm_bytes"]) for r in results]),
+        col("read GB", [_gb(r["dram_read_bytes"]) for r in results]),
+        col("write GB", [_gb(r["dram_write_bytes"]) for r in results]),
+        col("measured GB", [_gb(r["dram_bytes"]) for r in results]),
+        col("measured/model", ["–" if x is None else f"{x:.2f}" for x in ratios])])],
+        caption=("time/call: wall time of one call (on a CPU; its aten operators are listed "
+                 "below) · " if cpu else "time/call: GPU time of the call's kernels · ")
+        + "GB: 10⁹ bytes per call · model: flashbench's hbm_bytes for the backend's algorithm"
+        + ("" if cpu else " · measured: ncu dram__bytes_read.sum + dram__bytes_write.sum over "
+                          "every kernel of one call, caches flushed before each kernel"))
 
 
 def kernels_table(results: list[dict[str, Any]], limit: int = 8):
     """The kernels of each backend, slowest first (at most ``limit`` each)."""
-    from rich.table import Table
+    from flashbench.fit import Column, Grid
 
-    table = Table(title="kernels per call", title_justify="left")
-    for col in ("backend", "kernel", "launches", "µs", "share"):
-        table.add_column(col, justify="left" if col in ("backend", "kernel") else "right",
-                         overflow="fold" if col == "kernel" else "ellipsis")
+    lines: list[tuple[str, str, str, str, str]] = []
     for r in results:
         for k in r["kernels"][:limit]:
-            name = k["kernel"] if len(k["kernel"]) <= 90 else k["kernel"][:87] + "..."
-            table.add_row(r["backend"], name, f"{k['launches_per_call']:g}",
-                          f"{k['us_per_call']:,.1f}", f"{k['share']:.0%}")
+            lines.append((r["backend"], k["kernel"], f"{k['launches_per_call']:g}",
+                          f"{k['us_per_call']:,.1f}", f"{k['share']:.0%}"))
         if len(r["kernels"]) > limit:
-            table.add_row(r["backend"], f"... {len(r['kernels']) - limit} more in kernels.csv",
-                          "", "", "")
-    return table
+            lines.append((r["backend"], f"... {len(r['kernels']) - limit} more in kernels.csv",
+                          "", "", ""))
+    columns = [list(c) for c in zip(*lines)] if lines else [[] for _ in range(5)]
+    title = "kernels per call" if not any(r["kind"] == "cpu-op" for r in results) \
+        else "aten operators per call (self CPU time)"
+    return Grid(title, [Column("backend", columns[0], justify="left")],
+                [("", [Column("kernel", columns[1], justify="left", fold=True),
+                       Column("launches", columns[2]), Column("µs", columns[3]),
+                       Column("share", columns[4])])])

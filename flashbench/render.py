@@ -5,19 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from rich.table import Table
 from rich.text import Text
 
 from flashbench.compare import SHAPE_FIELDS
+from flashbench.fit import Column, Grid
 from flashbench.table import shape_label, varying_shape_fields
 
-__all__ = ["LEGEND", "backends_display", "fixed_shape", "format_cell", "markdown_table",
-           "runs_display", "to_rich"]
+__all__ = ["backends_display", "fixed_shape", "format_cell", "legend", "markdown_table",
+           "key_columns", "runs_display", "to_grid"]
 
-# Cell marks, explained in every table's caption.
+# Cell marks; a table's caption explains those it shows.
 FASTEST, NOISY, THROTTLED = "*", "~", "!"
-LEGEND = (f"{FASTEST} fastest · {NOISY} noisy (IQR/median > 5%) · {THROTTLED} throttled or "
-          "clock off the run's median · ×: speedup over the baseline (higher is faster)")
+_MARK_TEXT = ((FASTEST, f"{FASTEST} fastest"), (NOISY, f"{NOISY} noisy (IQR/median > 5%)"),
+              (THROTTLED, f"{THROTTLED} throttled or clock off the run's median"))
+SPEEDUP_TEXT = "×: speedup over the baseline (higher is faster)"
+
+
+def legend(display: pd.DataFrame) -> str:
+    """The caption of a backends_display frame: the marks it uses, and the speedup column."""
+    cells = [str(v) for c in display.columns if c.endswith(" ms") for v in display[c]]
+    marks = [text for mark, text in _MARK_TEXT
+             if any(mark in c.split(" ")[0] for c in cells)]
+    return " · ".join([*marks, SPEEDUP_TEXT])
 
 
 def format_cell(x: Any, digits: int = 3) -> str:
@@ -27,6 +36,13 @@ def format_cell(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.{digits}g}"
     return str(x)
+
+
+def _speedup(x: float) -> str:
+    """Two decimals, or two significant digits below 0.1 (a 900× slower backend is not 0.00)."""
+    if pd.isna(x):
+        return ""
+    return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
 
 
 def _shape_cell(field: str, value: Any) -> str:
@@ -65,7 +81,7 @@ def backends_display(frame: pd.DataFrame) -> pd.DataFrame:
             ms.append(format_cell(median, 4) + mark + (" mismatch" if status == "mismatch" else ""))
         out[f"{b} ms"] = ms
         out[f"{b} TFLOP/s"] = frame[f"{b}:tflops"].map(format_cell)
-        out[f"{b} ×"] = frame[f"{b}:speedup"].map(lambda x: "" if pd.isna(x) else f"{x:.2f}")
+        out[f"{b} ×"] = frame[f"{b}:speedup"].map(_speedup)
     return out
 
 
@@ -89,23 +105,45 @@ _VERDICT_STYLE = {"regression": "bold red", "status-regression": "bold red", "mi
                   "improvement": "bold green", "status-improvement": "green", "new": "cyan"}
 
 
-def to_rich(display: pd.DataFrame, title: str, caption: str = "") -> Table:
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for col in display.columns:
-        table.add_column(col.replace(" ", "\n", 1) if " " in col else col, justify="right")
-    for _, row in display.iterrows():
-        cells = []
-        for col, value in row.items():
-            style = ""
-            if col == "verdict":
-                style = _VERDICT_STYLE.get(value, "")
-            elif col.endswith(" ms") and str(value).split(" ")[0].endswith(FASTEST):
-                style = "bold green"
-            elif col.endswith(" ms") and value and not value[0].isdigit():
-                style = "red" if value not in ("unsupported",) else "dim"
-            cells.append(Text(str(value), style=style))
-        table.add_row(*cells)
-    return table
+def _styled(col: str, value: Any) -> Text:
+    text = str(value)
+    style = ""
+    if col == "verdict":
+        style = _VERDICT_STYLE.get(text, "")
+    elif col.endswith("ms") and text.split(" ")[0].rstrip(NOISY + THROTTLED).endswith(FASTEST):
+        style = "bold green"
+    elif col.endswith("ms") and text and not text[0].isdigit():
+        style = "dim" if text == "unsupported" else "red"
+    return Text(text, style=style)
+
+
+def key_columns(display: pd.DataFrame) -> int:
+    """How many leading columns of a display frame name the case (backend, shape, baseline)."""
+    keys = 0
+    for name in display.columns:
+        if name not in ("backend", "baseline", *SHAPE_FIELDS):
+            break
+        keys += 1
+    return keys
+
+
+def to_grid(display: pd.DataFrame, title: str, caption: str = "", *,
+            keys: int, by_backend: bool = False) -> Grid:
+    """A display frame as a Grid: its first ``keys`` columns name the case; the rest are values,
+    grouped per backend (columns named ``"<backend> <metric>"``) when ``by_backend``."""
+    def column(name: str, header: str) -> Column:
+        return Column(header, [_styled(name, v) for v in display[name]])
+
+    names = list(display.columns)
+    key_columns = [column(n, n) for n in names[:keys]]
+    groups: list[tuple[str, list[Column]]] = []
+    for name in names[keys:]:
+        # Two-word headers on two lines ("baseline" over "ms"): narrower columns.
+        group, header = name.split(" ", 1) if by_backend else ("", name.replace(" ", "\n", 1))
+        if not groups or groups[-1][0] != group:
+            groups.append((group, []))
+        groups[-1][1].append(column(name, header))
+    return Grid(title, key_columns, groups, caption=caption)
 
 
 def markdown_table(display: pd.DataFrame) -> str:

@@ -9,14 +9,13 @@ from typing import Any
 
 import pandas as pd
 
-from flashbench.compare import compare_backends
+from flashbench.compare import SHAPE_FIELDS, compare_backends
 from flashbench.errors import UserError
-from flashbench.render import (LEGEND, backends_display, fixed_shape, format_cell,
-                               markdown_table)
+from flashbench.render import backends_display, fixed_shape, format_cell, legend, markdown_table
 from flashbench.table import results_frame, shape_label, varying_shape_fields
 from flashbench.telemetry import off_clock, run_clock
 
-__all__ = ["FORMATS", "render_report"]
+__all__ = ["FORMATS", "PLOT_HINT", "headline_table", "machine_table", "render_report"]
 
 FORMATS = ("csv", "markdown", "json", "html")
 # The columns of the HTML page's full table; the CSV keeps every field.
@@ -37,11 +36,16 @@ def _where(meta: dict[str, Any]) -> str:
     return env.get("gpu_name") or f"CPU ({env.get('cpu', 'unknown')})"
 
 
+# flashbench is installed from its checkout (it is not on PyPI), where ".[plot]" names the extra.
+PLOT_HINT = ('plots need matplotlib: pip install matplotlib (or, in the flashbench checkout, '
+             'pip install ".[plot]")')
+
+
 def _plots(rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> list[Path]:
     try:
         from flashbench.plots import make_plots
-    except ImportError as e:
-        raise UserError(f"plots need matplotlib ({e}); pip install 'flashbench[plot]'") from None
+    except ImportError:
+        raise UserError(PLOT_HINT) from None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -64,6 +68,25 @@ def machine_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def headline_table(side_by_side: pd.DataFrame) -> pd.DataFrame:
+    """Per shape with two or more backends timed: the fastest, its median, and its lead over
+    the next fastest."""
+    backends = [c.removesuffix(":status") for c in side_by_side.columns if c.endswith(":status")]
+    fields = [f for f in SHAPE_FIELDS if f in side_by_side and side_by_side[f].nunique() > 1]
+    out = []
+    for record in side_by_side.to_dict("records"):
+        times = sorted((record[f"{b}:median_ms"], b) for b in backends
+                       if record[f"{b}:status"] == "ok" and record[f"{b}:median_ms"])
+        if len(times) < 2:
+            continue
+        (best, winner), (second, runner_up) = times[0], times[1]
+        line = {f: shape_label(f, record[f]) for f in fields}
+        line |= {"fastest": winner, "median ms": format_cell(best, 4), "next": runner_up,
+                 "next / fastest": f"{second / best:.2f}×"}
+        out.append(line)
+    return pd.DataFrame(out)
+
+
 def _ceilings_line(env: dict[str, Any]) -> str:
     record = env.get("ceilings")
     if not record:
@@ -82,13 +105,14 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str,
     if fmt == "json":
         return json.dumps(rows, indent=1) + "\n", images
     side_by_side = compare_backends(rows)
+    display = backends_display(side_by_side)
     if fmt == "markdown":
         env = meta.get("environment", {})
         text = (f"# flashbench run {meta.get('run_id', '')} on {_where(meta)}\n\n"
                 f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
                 f"driver {env.get('driver')}, commit {env.get('git_commit')}; "
                 f"{fixed_shape(side_by_side)}\n\n"
-                f"{markdown_table(backends_display(side_by_side))}\n{LEGEND}\n\n"
+                f"{markdown_table(display)}\n{legend(display)}\n\n"
                 f"## Each case against the card\n\n{_ceilings_line(env)}\n\n"
                 f"{markdown_table(machine_table(rows))}\n"
                 "% peak: of the calibrated matmul rate of the dtype (fp32 against tf32) and of "
@@ -99,11 +123,16 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str,
         from flashbench.html_report import render_html
 
         frame = results_frame(rows)
-        sections = [("Backends side by side", backends_display(side_by_side)),
-                    ("Every case", frame[[c for c in _HTML_COLUMNS if c in frame]])]
-        if plot_dir is None:
+        parts = {"sections": [("Each case, backends side by side", display)],
+                 "headline": headline_table(side_by_side),
+                 "appendix": [("Every row, every measured field",
+                               frame[[c for c in _HTML_COLUMNS if c in frame]])]}
+        if plot_dir is not None:
+            return render_html(meta, images=images, **parts), images
+        try:  # without --plot, the page still embeds plots when it can, and says why not
             with tempfile.TemporaryDirectory() as tmp:
                 images = _plots(rows, meta, Path(tmp))
-                return render_html(meta, sections, images), []
-        return render_html(meta, sections, images), images
+                return render_html(meta, images=images, **parts), []
+        except UserError as e:
+            return render_html(meta, images=[], plots_note=f"No plots: {e}.", **parts), []
     raise UserError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")

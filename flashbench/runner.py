@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from flashbench.cases import CASE_FIELDS, Case
 from flashbench.config import SweepConfig, expand_cases, validate_config
@@ -19,13 +18,13 @@ from flashbench.isolation import (Executor, InProcessExecutor, Interrupted, Work
                                   WorkerStartError)
 from flashbench.parallel import measure_in_parallel
 from flashbench.plugins import load_plugins
-from flashbench.schedule import comparison_groups, longest_first
+from flashbench.progress import progress as show_progress
+from flashbench.schedule import comparison_groups, interpreter_warning, longest_first
 from flashbench.shard import Shard, shard_cases
 from flashbench.store import RunFolder, check_root, create_run, find_run, open_run, read_meta, \
     read_rows
 
-__all__ = ["Interrupted", "SweepFailed", "SweepResult", "progress_bar", "resume_sweep",
-           "run_sweep"]
+__all__ = ["Interrupted", "SweepFailed", "SweepResult", "resume_sweep", "run_sweep"]
 
 
 
@@ -223,30 +222,34 @@ def _sweep(run: RunFolder, meta: dict[str, Any], todo: list[Case], rows: list[di
     first, to whichever worker is free (flashbench.parallel).
     """
     run.write_meta(meta)
+    if all(e.device == "cpu" for e in executors):
+        note = interpreter_warning([c for c in todo if c.backend == "triton"])
+        if note:
+            print(note, file=sys.stderr)
     status, measured = "interrupted", 0
     # Every row says which device measured it (the GPU's index and UUID).
     stamps = [row_device_fields(device, e.device, e.environment)
               for device, e in zip(pool or [None], executors)]
     try:
-        with progress_bar(progress, len(todo)) as update:
+        with show_progress(progress, len(todo)) as shown:
             def keep(worker: int, row: dict[str, Any]) -> None:
                 nonlocal measured
                 row.update(stamps[worker])
                 run.append(row)
                 rows.append(row)
                 measured += 1
-                update(None)
+                shown.done(row)
 
             if pool is None:
                 completed = _in_order(todo, executors[0], interrupt, cfg.case_timeout_s, keep,
-                                      update)
+                                      shown.start)
             else:
                 names = [d.name if d.kind == "cuda" else f"cpu worker {d.index}" for d in pool]
                 outcome = measure_in_parallel(
                     executors, names,
                     longest_first(comparison_groups(todo), cfg.timing.model_dump()), interrupt,
                     cfg.case_timeout_s, keep,
-                    lambda worker, case: update(f"{names[worker]}: {case.label()}"))
+                    lambda worker, case: shown.start(f"{names[worker]}: {case.label()}"))
                 if outcome.retired:
                     meta["retired_workers"] = outcome.retired
                 completed = outcome.completed
@@ -272,42 +275,14 @@ def _sweep(run: RunFolder, meta: dict[str, Any], todo: list[Case], rows: list[di
 
 def _in_order(todo: list[Case], executor: Executor, interrupt: Interrupt, timeout_s: float,
               keep: Callable[[int, dict[str, Any]], None],
-              update: Callable[[str | None], None]) -> bool:
+              starting: Callable[[str], None]) -> bool:
     """One executor, case after case; False when stopped before the last one."""
     for case in todo:
         if interrupt.stop:
             return False
-        update(case.label())
+        starting(case.label())
         row = executor.measure(case, timeout_s)
         if row is None:  # abandoned: no row, so a resume measures it
             return False
         keep(0, row)
     return True
-
-
-@contextmanager
-def progress_bar(enabled: bool, total: int) -> Iterator[Callable[[str | None], None]]:
-    """Yields ``update``: ``update(label)`` names the case starting, ``update(None)`` counts it done.
-
-    A Rich progress bar on stderr, so that stdout stays clean for data; a no-op when disabled.
-    """
-    if not enabled:
-        yield lambda label: None
-        return
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                   console=Console(stderr=True))
-    task = bar.add_task("starting", total=total)
-
-    def update(label: str | None) -> None:
-        if label is None:
-            bar.advance(task)
-        else:
-            bar.update(task, description=label)
-
-    with bar:
-        yield update

@@ -30,7 +30,8 @@ from typing import Any, Sequence
 from flashbench import costs
 from flashbench.cases import Case, Mode
 
-__all__ = ["case_seconds", "comparison_groups", "group_micros", "longest_first", "partition"]
+__all__ = ["case_seconds", "comparison_groups", "group_micros", "interpreter_call_seconds",
+           "interpreter_warning", "longest_first", "partition"]
 
 NOMINAL_FLOPS_PER_S = 400e12
 NOMINAL_BYTES_PER_S = 2.5e12
@@ -39,6 +40,14 @@ L2_FLUSH_S = 40e-6  # zeroing a 100 MB buffer at the nominal bandwidth
 TYPICAL_SAMPLES = 20
 CASE_OVERHEAD_S = 0.4
 _UNTIMED_CALLS = 2
+# Triton's CPU interpreter runs our kernels at 30-100 MFLOP/s (numpy per tile; seen on a
+# 2-core VM at N 64-512, D 64-128): a central figure, right to within a factor of about 3.
+INTERPRETER_FLOPS_PER_S = 50e6
+# Calls a sweep makes of a case slower than its budget: the first (checked), the estimate, the
+# warm-up and the three samples the sampler always takes.
+_INTERPRETED_CALLS = 6
+# Longer than this in all, and a sweep or profile says so before it starts.
+INTERPRETER_WARN_S = 600.0
 
 
 def comparison_groups(cases: Sequence[Case]) -> list[list[Case]]:
@@ -92,3 +101,33 @@ def partition(groups: Sequence[list[Case]], parts: int,
         chosen[part].append(i)
     # Within a part, the groups' original order (the config's), not the dealing order.
     return [[groups[i] for i in sorted(indices)] for indices in chosen]
+
+
+def interpreter_call_seconds(case: Case) -> float:
+    """Estimated seconds one call of ``case`` takes with Triton's CPU interpreter."""
+    return costs.flops(case) / INTERPRETER_FLOPS_PER_S
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 4 * 86400 else f"{seconds / 86400:.0f} days"
+
+
+def interpreter_warning(cases: Sequence[Case], calls_per_case: int = _INTERPRETED_CALLS,
+                        limit_s: float = INTERPRETER_WARN_S) -> str | None:
+    """A warning when the cases that run under Triton's CPU interpreter (``cases`` are those)
+    would take longer than ``limit_s`` in all; None otherwise."""
+    if not cases:
+        return None
+    per_call = {c: interpreter_call_seconds(c) for c in cases}
+    total = calls_per_case * sum(per_call.values())
+    if total <= limit_s:
+        return None
+    worst = max(per_call, key=per_call.get)
+    return (f"warning: {len(cases)} case(s) run under Triton's CPU interpreter, about "
+            f"{_duration(total)} in all (estimated; {worst.label()}: about "
+            f"{_duration(per_call[worst])} a call); smaller shapes (--seq-len 128), "
+            f"--backends without triton, or a GPU would finish sooner")

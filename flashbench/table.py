@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import pandas as pd
-from rich.table import Table
 from rich.text import Text
 
 from flashbench.cases import CASE_FIELDS
+from flashbench.fit import Column, Grid
 from flashbench.telemetry import off_clock, run_clock
 
-__all__ = ["failure_notes", "format_bytes", "results_frame", "shape_label", "sweep_table",
-           "varying_shape_fields"]
+__all__ = ["failure_notes", "format_bytes", "format_ms", "format_number", "results_frame",
+           "shape_label", "sweep_table", "varying_shape_fields"]
 
 _SHAPE_FIELDS = tuple(f for f in CASE_FIELDS if f != "backend")
 _STATUS_MARK = {"unsupported": ("n/a", "dim"), "oom": ("OOM", "bold red"),
@@ -39,14 +39,14 @@ def format_bytes(n: float | None) -> str:
     return f"{int(n)}B"
 
 
-def _num(value: float | None) -> str:
+def format_number(value: float | None) -> str:
     """Three significant digits, grouped thousands: 612, 45.3, 0.0123."""
     if value is None or pd.isna(value):
         return "–"
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def _ms(value: float) -> str:
+def format_ms(value: float) -> str:
     return f"{value:.3f}" if value < 10 else f"{value:.1f}"
 
 
@@ -67,8 +67,8 @@ def varying_shape_fields(rows: list[dict[str, Any]]) -> list[str]:
     return varying
 
 
-def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
-    """Cases down, backends across (median ms, TFLOP/s, GB/s, peak memory); fastest in bold."""
+def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Grid:
+    """Cases down, backends across (median ms, TFLOP/s, GB/s, peak memory); fastest marked *."""
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     fixed = [f for f in _SHAPE_FIELDS if len({r[f] for r in rows}) == 1]
     varying = varying_shape_fields(rows)
@@ -77,46 +77,48 @@ def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Table:
     metrics = [(label, key) for label, key in metrics
                if key is None or any(r.get(key) is not None for r in rows)]
     subtitle = " ".join(f"{f}={shape_label(f, rows[0][f])}" for f in fixed)
-    table = Table(title=f"{title}\n{subtitle}", title_justify="left", show_lines=False,
-                  caption="ms: median latency · mem: peak allocated beyond the inputs "
-                          "(binary units) · bold: fastest · ✗: result outside tolerance · "
-                          "!: throttled or SM clock off the run's median",
-                  caption_justify="left")
-    for f in varying:
-        table.add_column(f, justify="right", style="cyan")
-    for b in backends:
-        for label, _ in metrics:
-            table.add_column(f"{b}\n{label}", justify="right")
 
     clock = run_clock(rows)
     by_shape: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_shape.setdefault(tuple(r[f] for f in _SHAPE_FIELDS), {})[r["backend"]] = r
+    keys = [Column(f, [], style="cyan") for f in varying]
+    groups = [(b, [Column(label, []) for label, _ in metrics]) for b in backends]
+    seen = set()
     for key, cells in by_shape.items():
         shape = dict(zip(_SHAPE_FIELDS, key))
         timed = [r["median_ms"] for r in cells.values() if r["status"] == "ok"]
-        fastest = min(timed) if timed else None
-        line: list[Any] = [shape_label(f, shape[f]) for f in varying]
-        for b in backends:
+        # The fastest is marked only where there is a choice.
+        fastest = min(timed) if len(timed) > 1 else None
+        for col, f in zip(keys, varying):
+            col.cells.append(shape_label(f, shape[f]))
+        for b, cols in groups:
             r = cells.get(b)
-            blank = [""] * (len(metrics) - 1)
-            if r is None:
-                line += ["", *blank]
-            elif r["status"] in ("ok", "mismatch"):
-                style = "bold green" if r["median_ms"] == fastest else ""
-                mark = " ✗" if r["status"] == "mismatch" else ""
-                clock_mark = "!" if off_clock(r, clock) else ""
-                cells_of = {"tflops": Text(_num(r["tflops"]), style=style),
-                            "gbps": _num(r["gbps"]),
-                            "peak_alloc_bytes": format_bytes(r["peak_alloc_bytes"])}
-                line += [Text(_ms(r["median_ms"]) + clock_mark + mark,
-                              style="bold red" if mark else style),
-                         *(cells_of[key] for _, key in metrics[1:])]
-            else:
+            line: list[Text | str] = [""] * len(metrics)
+            if r is not None and r["status"] in ("ok", "mismatch"):
+                marks = ("*" if r["median_ms"] == fastest else "") \
+                    + ("!" if off_clock(r, clock) else "") \
+                    + (" ✗" if r["status"] == "mismatch" else "")
+                seen.update(m for m in ("*", "!", "✗") if m in marks)
+                style = "bold red" if r["status"] == "mismatch" else \
+                    "bold green" if r["median_ms"] == fastest else ""
+                values = {"tflops": format_number(r["tflops"]), "gbps": format_number(r["gbps"]),
+                          "peak_alloc_bytes": format_bytes(r["peak_alloc_bytes"])}
+                line = [Text(format_ms(r["median_ms"]) + marks, style=style),
+                        *(values[k] for _, k in metrics[1:])]
+            elif r is not None:
                 text, style = _STATUS_MARK.get(r["status"], (r["status"], "red"))
-                line += [Text(text, style=style), *blank]
-        table.add_row(*line)
-    return table
+                line[0] = Text(text, style=style)
+            for col, cell in zip(cols, line):
+                col.cells.append(cell)
+    legend = ["ms: median latency"]
+    if any(label == "mem" for label, _ in metrics):
+        legend.append("mem: peak allocated beyond the inputs (binary units)")
+    legend += [text for mark, text in (("*", "* fastest"), ("✗", "✗ result outside tolerance"),
+                                       ("!", "! throttled or SM clock off the run's median"))
+               if mark in seen]
+    return Grid(f"{title}\n{subtitle}" if subtitle else title, keys, groups,
+                caption=" · ".join(legend))
 
 
 def failure_notes(rows: list[dict[str, Any]], limit: int = 12) -> list[str]:

@@ -69,6 +69,12 @@ def test_cli_profiles_each_backend_into_its_own_folder(tmp_path):
     assert csv_lines[0] == "backend,kernel,kind,launches_per_call,us_per_call,share"
     assert len(csv_lines) == 1 + sum(len(r["kernels"]) for r in results.values())
     assert "naive" in result.stdout and "aten::bmm" in result.stdout
+    # Time per call on a CPU is the wall time: Triton's interpreter is Python and numpy, which
+    # no aten operator accounts for.
+    triton = results["triton"]
+    assert triton["gpu_us_per_call"] is None and triton["kind"] == "cpu-op"
+    assert triton["wall_us_per_call"] > 5 * sum(k["us_per_call"] for k in triton["kernels"])
+    assert f"{triton['wall_us_per_call']:,.1f}" in result.stdout
     # A profile folder is not a run: the latest-run lookup passes it by.
     report = runner.invoke(app, ["report", "--results-dir", str(tmp_path)])
     assert report.exit_code == 2 and "no runs under" in report.stderr

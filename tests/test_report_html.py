@@ -72,8 +72,8 @@ def test_gpu_run_gets_all_five_plots(tmp_path):
     frame = results_frame(synthetic_rows())
     written = make_plots(frame, tmp_path / "plots", "Test GPU",
                          {"matmul_tflops": {"bf16": 800.0}, "copy_gbps": 3000.0})
-    assert [p.name for p in written] == ["latency.png", "tflops.png", "memory.png", "decode.png",
-                                         "roofline.png"]
+    assert [p.name for p in written] == ["headline.png", "latency.png", "tflops.png",
+                                         "memory.png", "decode.png", "roofline.png"]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(p.name for p in written)
     for path in written:
         _assert_real_png(path)
@@ -83,9 +83,10 @@ def test_cpu_run_gets_no_memory_or_decode_plot(tmp_path):
     frame = results_frame(synthetic_rows(gpu=False, decode=False))
     assert frame["peak_alloc_bytes"].isna().all()
     written = make_plots(frame, tmp_path, "CPU")
-    assert [p.name for p in written] == ["latency.png", "tflops.png", "roofline.png"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latency.png", "roofline.png",
-                                                          "tflops.png"]
+    assert [p.name for p in written] == ["headline.png", "latency.png", "tflops.png",
+                                         "roofline.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["headline.png", "latency.png",
+                                                          "roofline.png", "tflops.png"]
     for path in written:
         _assert_real_png(path)
 
@@ -138,7 +139,8 @@ def _self_contained(page, n_images):
 
 def test_reference_run_page_is_self_contained(reference_page):
     meta, frame, images = reference_page
-    assert [p.name for p in images] == ["latency.png", "tflops.png", "memory.png", "roofline.png"]
+    assert [p.name for p in images] == ["headline.png", "latency.png", "tflops.png", "memory.png",
+                                        "roofline.png"]
     page = render_html(meta, [("Results", frame[SECTION_COLUMNS])], images)
     _self_contained(page, len(images))
     assert "NVIDIA H100 80GB HBM3" in page and meta["run_id"] in page
