@@ -148,7 +148,9 @@ def run(
         None, help="Run only shard I of N (e.g. 2/4, counted from 1) of the cases, for job "
                    "arrays; combine the shards with flashbench merge."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Folder for run folders."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Progress on stderr: a bar in a terminal, one line per "
+                                       "finished step elsewhere (CI logs, batch jobs)."),
     strict: bool = typer.Option(False, help="Exit 1 if any case errored, mismatched, crashed or "
                                             "timed out."),
 ) -> None:
@@ -517,7 +519,9 @@ def calibrate_command(
     device: str = typer.Option("auto", help="auto, cuda or cpu."),
     show: bool = typer.Option(False, "--show", help="Print this machine's cached ceilings; measure nothing."),
     as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    progress: bool = typer.Option(True, "--progress/--no-progress",
+                                  help="Progress on stderr: a bar in a terminal, one line per "
+                                       "finished step elsewhere (CI logs, batch jobs)."),
 ) -> None:
     """Measure this machine's ceilings (dense matmul TFLOP/s per dtype, device copy GB/s) and
     cache them per GPU, driver and torch; later runs report each case's share of them."""

@@ -263,6 +263,9 @@ def _headline(data: pd.DataFrame, gpu_name: str, colors: dict[str, str]) -> Figu
     if not groups:
         return None
     varying = [f for f in shape if ok[f].nunique() > 1]
+    for derived, base in (("kv_len", "seq_len"), ("kv_heads", "heads")):
+        if derived in varying and (ok[derived] == ok[base]).all():
+            varying.remove(derived)  # prefill (kv_len = seq_len), or not GQA: no new fact
     height = max(2.4, 0.24 * len(groups) + 1.6)
     fig = Figure(figsize=(_PANEL_W * 1.6, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)

@@ -26,7 +26,10 @@ def legend(display: pd.DataFrame) -> str:
     cells = [str(v) for c in display.columns if c.endswith(" ms") for v in display[c]]
     marks = [text for mark, text in _MARK_TEXT
              if any(mark in c.split(" ")[0] for c in cells)]
-    return " · ".join([*marks, SPEEDUP_TEXT])
+    baseline = display.attrs.get("baseline")
+    speedup = f"×: speedup over {baseline} (higher is faster)" if baseline else \
+        SPEEDUP_TEXT if "baseline" in display else "×: no baseline ran"
+    return " · ".join([*marks, speedup])
 
 
 def format_cell(x: Any, digits: int = 3) -> str:
@@ -65,7 +68,11 @@ def backends_display(frame: pd.DataFrame) -> pd.DataFrame:
     backends = [c.removesuffix(":status") for c in frame.columns if c.endswith(":status")]
     out = pd.DataFrame({f: frame[f].map(lambda v, f=f: _shape_cell(f, v))
                         for f in _varying_shape(frame)})
-    out["baseline"] = frame["baseline"].fillna("")
+    baselines = frame["baseline"].fillna("")
+    if baselines.nunique() > 1:  # one baseline for every case is said once, in the caption
+        out["baseline"] = baselines
+    else:
+        out.attrs["baseline"] = baselines.iloc[0] if len(baselines) else ""
     for b in backends:
         ms = []
         for _, r in frame.iterrows():

@@ -72,7 +72,8 @@ def headline_table(side_by_side: pd.DataFrame) -> pd.DataFrame:
     """Per shape with two or more backends timed: the fastest, its median, and its lead over
     the next fastest."""
     backends = [c.removesuffix(":status") for c in side_by_side.columns if c.endswith(":status")]
-    fields = [f for f in SHAPE_FIELDS if f in side_by_side and side_by_side[f].nunique() > 1]
+    fields = varying_shape_fields(side_by_side[[f for f in SHAPE_FIELDS if f in side_by_side]]
+                                  .to_dict("records"))
     out = []
     for record in side_by_side.to_dict("records"):
         times = sorted((record[f"{b}:median_ms"], b) for b in backends
