@@ -15,7 +15,7 @@ def prepare(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
 
     S = Q·Kᵀ·scale is written to memory, the causal mask applied in place, S upcast to fp32,
     the softmax reads it and writes P in fp32, P is cast back, and P·V reads it: round trips of
-    N×Nk matrices through HBM that the ``naive`` traffic model in flashbench.costs counts.
+    N×Nk matrices through HBM that the ``naive`` traffic model in flashbench.core.costs counts.
     """
     batch, heads, seq_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]

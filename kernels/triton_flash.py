@@ -188,9 +188,9 @@ def tuned_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
     """The fastest candidate for this shape class on this GPU, and the seconds spent tuning.
 
     Tuned once per (GPU, triton version, head dim, dtype, causal, length buckets) and cached
-    on disk (flashbench.tuning); the interpreter has one fixed configuration.
+    on disk (flashbench.measure.tuning); the interpreter has one fixed configuration.
     """
-    from flashbench import tuning
+    from flashbench.measure import tuning
 
     head_dim = q.shape[-1]
     if os.environ.get("TRITON_INTERPRET") == "1" or not q.is_cuda:

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from flashbench.env import capture_environment
+from flashbench.measure.machine import capture_environment
 
 
 def mean_ms(fn, warmup=3, reps=10):

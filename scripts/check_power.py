@@ -1,7 +1,7 @@
 """How often `flashbench check` cries wolf, and how small a slowdown it catches.
 
 Simulates pairs of runs with N samples per side (default 30) under three noise models and
-applies the gate's own rule (flashbench.compare.timing_verdict, threshold 5%, 99% bootstrap
+applies the gate's own rule (flashbench.results.compare.timing_verdict, threshold 5%, 99% bootstrap
 interval): A/A pairs give the false-alarm rate, B = A x (1 + s) gives the detection rate.
 
     python scripts/check_power.py [--samples 30] [--trials 400]
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashbench.compare import timing_verdict
+from flashbench.results.compare import timing_verdict
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results/reference/h100-default/results.jsonl"
 SLOWDOWNS = (0.0, 0.03, 0.05, 0.06, 0.07, 0.08, 0.10, 0.15, 0.20)

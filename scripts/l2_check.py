@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from flashbench.cases import Case, Mode
-from flashbench.profile import find_ncu
+from flashbench.core.cases import Case, Mode
+from flashbench.measure.profile import find_ncu
 
 METRICS = ("dram__bytes_read.sum", "lts__t_sectors_srcunit_tex_op_read.sum",
            "lts__t_sector_op_read_hit_rate.pct")
@@ -26,7 +26,7 @@ def measure(ncu: str, case: Case) -> dict[str, float]:
         log = Path(tmp) / "ncu.csv"
         subprocess.run([ncu, "--clock-control", "none", "--profile-from-start", "off",
                         "--metrics", ",".join(METRICS), "--csv", "--print-units", "base",
-                        "--log-file", str(log), sys.executable, "-m", "flashbench.profile_target",
+                        "--log-file", str(log), sys.executable, "-m", "flashbench.measure.profile_target",
                         json.dumps(case.to_dict())], check=True, capture_output=True)
         lines = [line for line in log.read_text().splitlines() if line.startswith('"')]
     import csv

@@ -4,7 +4,7 @@ import json
 import time
 from pathlib import Path
 
-from flashbench.cases import CASE_FIELDS
+from flashbench.core.cases import CASE_FIELDS
 
 PLUGINS = Path(__file__).parent / "plugins"
 # Timing that costs almost nothing: these tests check what is measured, not how fast.

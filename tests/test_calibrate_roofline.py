@@ -6,13 +6,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flashbench import calibrate as cal
-from flashbench import telemetry
+from flashbench.measure import calibrate as cal
+from flashbench.measure import telemetry
 from flashbench.cli import app
-from flashbench.plots import _roofline, _timed
-from flashbench.roofline import attainable_tflops, ridge_intensity, roofline_fields
-from flashbench.table import results_frame, sweep_table
-from flashbench.timing import TimingPolicy
+from flashbench.output.plots import _roofline, _timed
+from flashbench.core.roofline import attainable_tflops, ridge_intensity, roofline_fields
+from flashbench.output.tables import results_frame, sweep_table
+from flashbench.measure.timing import TimingPolicy
 
 runner = CliRunner()
 CEILINGS = {"matmul_tflops": {"bf16": 800.0, "tf32": 400.0, "fp32": 50.0}, "copy_gbps": 3000.0}
@@ -211,8 +211,8 @@ def test_gpu_calibration_orders_the_dtypes_as_tensor_cores_do():
 def test_markdown_report_shows_each_case_against_the_calibrated_card():
     from pathlib import Path
 
-    from flashbench.report import machine_table, render_report
-    from flashbench.store import load_run
+    from flashbench.output.report import machine_table, render_report
+    from flashbench.results.store import load_run
 
     reference = Path(__file__).resolve().parents[1] / "results" / "reference" / "h100-telemetry"
     rows, meta, _ = load_run(reference, reference.parent)

@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from flashbench.cli import app
-from flashbench.measure import RESULT_FIELDS
-from flashbench.cases import CASE_FIELDS
+from flashbench.measure.case import RESULT_FIELDS
+from flashbench.core.cases import CASE_FIELDS
 
 runner = CliRunner()
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from flashbench.check import parse_threshold
+from flashbench.results.check import parse_threshold
 from flashbench.cli import app
-from flashbench.compare import compare_backends, compare_runs, ratio_of_medians
-from flashbench.store import read_rows
+from flashbench.results.compare import compare_backends, compare_runs, ratio_of_medians
+from flashbench.results.store import read_rows
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "h100-default"
 runner = CliRunner()
@@ -225,7 +225,7 @@ def test_ratio_interval_covers_truth_and_is_deterministic():
 def test_gate_rarely_cries_wolf_and_catches_ten_percent():
     # The figures in docs/check.md come from scripts/check_power.py; this is a small, fixed-seed
     # version of its lognormal-3% row, 30 samples per side.
-    from flashbench.compare import timing_verdict
+    from flashbench.results.compare import timing_verdict
 
     rng = np.random.default_rng(0)
     def verdicts(slowdown, trials=100):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from flashbench.cases import Mode
-from flashbench.config import expand_cases, list_presets, load_config
-from flashbench.errors import UserError
+from flashbench.core.cases import Mode
+from flashbench.core.config import expand_cases, list_presets, load_config
+from flashbench.core.errors import UserError
 
 
 def test_presets_ship_and_validate():

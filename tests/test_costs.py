@@ -2,8 +2,8 @@
 
 import pytest
 
-from flashbench import costs
-from flashbench.cases import Case, Mode
+from flashbench.core import costs
+from flashbench.core.cases import Case, Mode
 
 
 def case(**kw):

@@ -14,14 +14,14 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from flashbench.cases import CASE_FIELDS, Case, Mode
+from flashbench.core.cases import CASE_FIELDS, Case, Mode
 from flashbench.cli import app
-from flashbench.devices import (Device, check_same_environment, parse_devices,
+from flashbench.sweep.devices import (Device, check_same_environment, parse_devices,
                                 row_device_fields, start_all)
-from flashbench.errors import UserError
-from flashbench.interrupts import Interrupt
-from flashbench.isolation import WorkerStartError
-from flashbench.parallel import measure_in_parallel
+from flashbench.core.errors import UserError
+from flashbench.sweep.interrupts import Interrupt
+from flashbench.sweep.executors import WorkerStartError
+from flashbench.sweep.parallel import measure_in_parallel
 from sweep_helpers import PLUGINS, count_lines, key, rows_of, wait_for, write_config
 
 

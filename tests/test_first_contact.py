@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flashbench.cases import Case, Mode
+from flashbench.core.cases import Case, Mode
 from flashbench.cli import app
-from flashbench.config import list_presets, load_config
-from flashbench.report import headline_table, render_report
-from flashbench.compare import compare_backends
-from flashbench.schedule import interpreter_call_seconds, interpreter_warning
-from flashbench.store import read_meta, read_rows
+from flashbench.core.config import list_presets, load_config
+from flashbench.output.report import headline_table, render_report
+from flashbench.results.compare import compare_backends
+from flashbench.sweep.schedule import interpreter_call_seconds, interpreter_warning
+from flashbench.results.store import read_meta, read_rows
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "h100-default"
 FLASHBENCH = str(Path(sys.executable).parent / "flashbench")

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from flashbench import costs
-from flashbench.cases import Case, Mode
-from flashbench.timing import TimingPolicy
+from flashbench.core import costs
+from flashbench.core.cases import Case, Mode
+from flashbench.measure.timing import TimingPolicy
 
 pytestmark = pytest.mark.gpu
 
@@ -19,9 +19,9 @@ def case(backend, **kw):
 
 
 def measure(c):
-    from flashbench.env import capture_environment
-    from flashbench.measure import measure_case, select_device
-    from flashbench.telemetry import nvml_handle
+    from flashbench.measure.machine import capture_environment
+    from flashbench.measure.case import measure_case, select_device
+    from flashbench.measure.telemetry import nvml_handle
 
     device = select_device("cuda")
     handle = nvml_handle(capture_environment(device)["gpu_uuid"])
@@ -69,7 +69,7 @@ def test_host_launch_overhead_is_not_timed():
     # time the GPU work, not the host (the timing loop holds the GPU back while it queues).
     import time
 
-    from flashbench.timing import time_callable
+    from flashbench.measure.timing import time_callable
 
     x = torch.empty(1 << 20, device="cuda")
 
@@ -84,8 +84,8 @@ def test_host_launch_overhead_is_not_timed():
 
 
 def test_env_on_a_gpu_has_the_card_and_its_backends():
-    from flashbench.env import capture_environment
-    from flashbench.measure import select_device
+    from flashbench.measure.machine import capture_environment
+    from flashbench.measure.case import select_device
 
     env = capture_environment(select_device("cuda"))
     assert env["gpu_uuid"].startswith("GPU-") and env["sm_count"] > 0 and env["l2_bytes"] > 0

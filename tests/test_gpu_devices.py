@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from flashbench.cases import CASE_FIELDS
+from flashbench.core.cases import CASE_FIELDS
 
 pytestmark = pytest.mark.gpu
 

@@ -17,9 +17,9 @@ PLUGINS = Path(__file__).parent / "plugins"
 DRIVER = """
 import json, sys
 from pathlib import Path
-from flashbench.config import load_config
-from flashbench.plugins import load_plugins
-from flashbench.runner import run_sweep
+from flashbench.core.config import load_config
+from flashbench.core.plugins import load_plugins
+from flashbench.sweep.runner import run_sweep
 files = load_plugins(sys.argv[3:])
 result = run_sweep(load_config(sys.argv[1]), Path(sys.argv[2]), progress=False, plugins=files)
 torch = sys.modules.get("torch")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from flashbench import costs
-from flashbench.cases import Case
+from flashbench.core import costs
+from flashbench.core.cases import Case
 from flashbench.cli import app
 from sweep_helpers import PLUGINS, count_lines, key, rows_of, wait_for, write_config
 

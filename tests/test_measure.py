@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from flashbench import costs
-from flashbench.backends import Backend, registry
-from flashbench.cases import Case, Mode
-from flashbench.measure import RESULT_FIELDS, measure_case
-from flashbench.timing import TimingPolicy
+from flashbench.core import costs
+from flashbench.measure.backends import Backend, registry
+from flashbench.core.cases import Case, Mode
+from flashbench.measure.case import RESULT_FIELDS, measure_case
+from flashbench.measure.timing import TimingPolicy
 
 CPU = torch.device("cpu")
 FAST = TimingPolicy(l2="hot", warmup_ms=0, budget_ms=20, min_samples=3, max_samples=20)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flashbench.check import run_check
+from flashbench.results.check import run_check
 from flashbench.cli import app
 from sweep_helpers import FAST_TIMING, key, rows_of
 

@@ -9,14 +9,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from flashbench import costs, plugins
-from flashbench.backends import registry
-from flashbench.cases import Case, Mode
+from flashbench.core import costs
+
+from flashbench.core import plugins
+from flashbench.measure.backends import registry
+from flashbench.core.cases import Case, Mode
 from flashbench.cli import app
-from flashbench.config import load_config
-from flashbench.errors import UserError
-from flashbench.measure import measure_case
-from flashbench.timing import TimingPolicy
+from flashbench.core.config import load_config
+from flashbench.core.errors import UserError
+from flashbench.measure.case import measure_case
+from flashbench.measure.timing import TimingPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).parent / "plugins"

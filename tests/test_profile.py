@@ -5,10 +5,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from flashbench import costs
-from flashbench.cases import Case, Mode
+from flashbench.core import costs
+from flashbench.core.cases import Case, Mode
 from flashbench.cli import app
-from flashbench.profile import find_ncu, ncu_command, parse_ncu_csv, profile_cases
+from flashbench.measure.profile import find_ncu, ncu_command, parse_ncu_csv, profile_cases
 
 runner = CliRunner()
 TINY = ["--seq-len", "64", "--heads", "2", "--batch", "1", "--head-dim", "32"]
@@ -39,7 +39,7 @@ def test_ncu_command_profiles_one_call_without_touching_clocks(tmp_path):
     cmd = ncu_command("/x/ncu", tmp_path / "log.csv", case)
     assert cmd[:5] == ["/x/ncu", "--clock-control", "none", "--profile-from-start", "off"]
     assert "dram__bytes_read.sum,dram__bytes_write.sum" in cmd
-    assert cmd[-3:-1] == ["-m", "flashbench.profile_target"]
+    assert cmd[-3:-1] == ["-m", "flashbench.measure.profile_target"]
     assert Case.from_dict(json.loads(cmd[-1])) == case
 
 
@@ -107,7 +107,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
 
 
 def test_named_ncu_must_exist(tmp_path):
-    from flashbench.errors import UserError
+    from flashbench.core.errors import UserError
 
     with pytest.raises(UserError, match="--ncu-path: .* is not an executable file"):
         find_ncu(str(tmp_path / "ncu"))

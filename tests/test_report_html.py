@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from flashbench.html_report import render_html
-from flashbench.plots import make_plots
-from flashbench.store import read_meta, read_rows
-from flashbench.table import results_frame
+from flashbench.output.html import render_html
+from flashbench.output.plots import make_plots
+from flashbench.results.store import read_meta, read_rows
+from flashbench.output.tables import results_frame
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "h100-default"
 SECTION_COLUMNS = ["backend", "seq_len", "head_dim", "causal", "median_ms", "tflops", "gbps",
@@ -98,7 +98,7 @@ def test_nothing_timed_writes_nothing(tmp_path):
 
 
 def test_modules_keep_matplotlib_out_of_the_cli_and_the_html_page():
-    code = ("import sys; import flashbench.cli, flashbench.html_report; "
+    code = ("import sys; import flashbench.cli, flashbench.output.html; "
             "print('matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flashbench.cases import CASE_FIELDS
+from flashbench.core.cases import CASE_FIELDS
 from flashbench.cli import app
 
 PLUGINS = Path(__file__).parent / "plugins"

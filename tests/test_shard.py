@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from flashbench.cases import Case, Mode
-from flashbench.config import SweepConfig, expand_cases
-from flashbench.errors import UserError
-from flashbench.schedule import (case_seconds, comparison_groups, group_micros, longest_first,
+from flashbench.core.cases import Case, Mode
+from flashbench.core.config import SweepConfig, expand_cases
+from flashbench.core.errors import UserError
+from flashbench.sweep.schedule import (case_seconds, comparison_groups, group_micros, longest_first,
                                  partition)
-from flashbench.shard import Shard, parse_shard, shard_cases
+from flashbench.sweep.shard import Shard, parse_shard, shard_cases
 
 # 3 seq_len x 2 head_dim x 2 causal = 12 shapes of very different sizes, 4 backends each.
 CONFIG = SweepConfig(backends=["triton", "sdpa-flash", "sdpa-math", "naive"],
@@ -112,8 +112,8 @@ def test_balance_beats_dealing_in_turn():
 
 SUBPROCESS = """
 import json, sys
-from flashbench.config import SweepConfig, expand_cases
-from flashbench.shard import Shard, shard_cases
+from flashbench.core.config import SweepConfig, expand_cases
+from flashbench.sweep.shard import Shard, shard_cases
 cfg = SweepConfig.model_validate(json.loads(sys.argv[1]))
 print(json.dumps([[c.to_dict() for c in shard_cases(expand_cases(cfg), Shard(i, 5),
                                                     cfg.timing.model_dump())]

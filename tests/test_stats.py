@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from flashbench.stats import median_rse, summarize
-from flashbench.timing import TimingPolicy, time_callable
+from flashbench.core.stats import median_rse, summarize
+from flashbench.measure.timing import TimingPolicy, time_callable
 
 
 def test_summarize_known_samples():

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from flashbench.errors import UserError
-from flashbench.store import check_root, create_run, find_run, open_run, read_meta, read_rows
+from flashbench.core.errors import UserError
+from flashbench.results.store import check_root, create_run, find_run, open_run, read_meta, read_rows
 
 
 def test_rows_are_on_disk_as_soon_as_appended(tmp_path):

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from flashbench.check import run_check
-from flashbench.compare import compare_backends, compare_runs
-from flashbench.fit import Column, Grid, fit, long_layout
-from flashbench.render import backends_display, key_columns, runs_display, to_grid
-from flashbench.store import read_rows
-from flashbench.table import format_ms, sweep_table
+from flashbench.results.check import run_check
+from flashbench.results.compare import compare_backends, compare_runs
+from flashbench.output.fit import Column, Grid, fit, long_layout
+from flashbench.output.render import backends_display, key_columns, runs_display, to_grid
+from flashbench.results.store import read_rows
+from flashbench.output.tables import format_ms, sweep_table
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "h100-default"
 FLASHBENCH = str(Path(sys.executable).parent / "flashbench")  # the installed console script

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from flashbench import tuning
+from flashbench.measure import tuning
 
 
 @pytest.fixture(autouse=True)

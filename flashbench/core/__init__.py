@@ -1,0 +1,1 @@
+"""The vocabulary: cases, rows, configs, costs, backends' declarations; no torch."""

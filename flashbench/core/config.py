@@ -1,0 +1,229 @@
+"""Sweep configuration: YAML presets and files, validated, overridden by flags, expanded to cases."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from flashbench.core.cases import Case, Mode
+from flashbench.core.errors import UserError, did_you_mean
+from flashbench.core.plugins import plugin_backends
+from flashbench.measure.timing import TimingPolicy
+
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "SweepConfig",
+    "expand_cases",
+    "format_validation_error",
+    "list_presets",
+    "load_config",
+    "requested_device",
+    "validate_config",
+]
+
+# Known without importing torch, so that bad names are refused before anything heavy runs.
+BUILTIN_BACKENDS: tuple[str, ...] = (
+    "triton", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "naive",
+)
+
+# Sizes beyond these are typos, not experiments (a 2^24-token sequence is already 16M tokens).
+_MAX = {"batch": 1 << 16, "heads": 1024, "kv_heads": 1024, "seq_len": 1 << 24,
+        "kv_len": 1 << 24, "head_dim": 1024}
+
+
+class TimingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    l2: Literal["cold", "hot"] = "cold"
+    warmup_ms: float = Field(25.0, ge=0)
+    budget_ms: float = Field(1000.0, gt=0)
+    min_samples: int = Field(10, ge=1)
+    max_samples: int = Field(1000, ge=1)
+    target_rse: float = Field(0.01, gt=0, lt=1)
+
+    def policy(self) -> TimingPolicy:
+        return TimingPolicy(**self.model_dump())
+
+
+class SweepConfig(BaseModel):
+    """A sweep: every axis is a list (a scalar in YAML means a list of one); cases are the grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "custom"
+    description: str = ""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    backends: list[str] = Field(default_factory=lambda: ["triton", "sdpa", "naive"], min_length=1)
+    mode: list[Mode] = Field(default_factory=lambda: [Mode.FWD], min_length=1)
+    batch: list[int] = Field(default_factory=lambda: [4], min_length=1)
+    heads: list[int] = Field(default_factory=lambda: [32], min_length=1)
+    kv_heads: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
+    seq_len: list[int] = Field(default_factory=lambda: [1024], min_length=1)
+    kv_len: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
+    head_dim: list[int] = Field(default_factory=lambda: [128], min_length=1)
+    dtype: list[Literal["fp16", "bf16", "fp32"]] = Field(default_factory=lambda: ["bf16"],
+                                                        min_length=1)
+    causal: list[bool] = Field(default_factory=lambda: [False], min_length=1)
+    timing: TimingConfig = Field(default_factory=TimingConfig)
+    # Beyond this a case is a hang: its worker is killed and replaced (at most a day).
+    case_timeout_s: float = Field(600.0, gt=0, le=86400)
+
+    @field_validator("backends", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len",
+                     "head_dim", "dtype", "causal", mode="before")
+    @classmethod
+    def _scalar_is_a_list_of_one(cls, value: Any) -> Any:
+        return value if isinstance(value, list) else [value]
+
+    @field_validator("backends")
+    @classmethod
+    def _known_backends(cls, names: list[str]) -> list[str]:
+        # Plugins register their names when loaded, which is why they load before validation.
+        known = (*BUILTIN_BACKENDS, *plugin_backends())
+        for name in names:
+            if name not in known:
+                raise ValueError(f"unknown backend {name!r}{did_you_mean(name, known)};"
+                                 f" allowed: {', '.join(known)} (or a plugin's: --plugin FILE)")
+        return list(dict.fromkeys(names))
+
+    @field_validator("batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim")
+    @classmethod
+    def _sizes_in_range(cls, values: list[int | None], info) -> list[int | None]:
+        limit = _MAX[info.field_name]
+        for v in values:
+            if v is not None and not 1 <= v <= limit:
+                raise ValueError(f"must be between 1 and {limit}, got {v}")
+        return values
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """The first problem, as one line naming the field and what is allowed."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "config"
+    kind, msg = first["type"], first["msg"]
+    if kind == "extra_forbidden":
+        key = str(first["loc"][-1])
+        parent = SweepConfig if len(first["loc"]) == 1 else TimingConfig
+        allowed = list(parent.model_fields)
+        return (f"{source}: unknown key {key!r}{did_you_mean(key, allowed)}; "
+                f"allowed keys: {', '.join(allowed)}")
+    if kind in ("literal_error", "enum"):
+        return f"{source}: {loc}: {first['input']!r} is not allowed; {msg.lower()}"
+    msg = msg.removeprefix("Value error, ")
+    return f"{source}: {loc}: {msg} (got {first['input']!r})" if "got" not in msg else \
+        f"{source}: {loc}: {msg}"
+
+
+# Presets renamed for what they are; the old names still work, with a note.
+RENAMED_PRESETS = {"h100-prefill": "prefill", "h100-train": "train"}
+_NOTED: set[str] = set()
+
+
+def list_presets() -> list[str]:
+    files = resources.files("flashbench.configs")
+    return sorted(p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_source(config: str) -> tuple[dict, str]:
+    path = Path(config)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"config file not found: {config}")
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise UserError(f"cannot read config {config}: {e.strerror}") from None
+        source = str(path)
+    else:
+        if config in RENAMED_PRESETS:
+            if config not in _NOTED:
+                _NOTED.add(config)
+                print(f"note: preset {config!r} is now called {RENAMED_PRESETS[config]!r}",
+                      file=sys.stderr)
+            config = RENAMED_PRESETS[config]
+        presets = list_presets()
+        if config not in presets:
+            raise UserError(f"unknown preset {config!r}{did_you_mean(config, presets)}; "
+                            f"presets: {', '.join(presets)} (or give a YAML file path)")
+        text = (resources.files("flashbench.configs") / f"{config}.yaml").read_text()
+        source = f"preset {config}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{source}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: expected a mapping of keys to values at the top level")
+    return data, source
+
+
+def load_config(config: str, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read a preset name or YAML file, apply flag overrides (None means 'not given'), validate."""
+    data, source = _read_source(config)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in TimingConfig.model_fields:
+            data.setdefault("timing", {})
+            if isinstance(data["timing"], dict):
+                data["timing"][key] = value
+        else:
+            data[key] = value
+    return validate_config(data, source)
+
+
+def validate_config(data: dict[str, Any], source: str) -> SweepConfig:
+    """A config from plain data, or bad input naming ``source`` and the field that is wrong."""
+    try:
+        cfg = SweepConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, source)) from None
+    _check_head_groups(cfg, source)
+    return cfg
+
+
+def requested_device(config: str, override: str | None = None) -> str:
+    """The device a config asks for, read before validation (plugins may need it to load).
+
+    Anything unreadable gives 'auto'; load_config reports the problem properly afterwards.
+    """
+    if override is not None:
+        return override
+    try:
+        data, _ = _read_source(config)
+    except UserError:
+        return "auto"
+    device = data.get("device", "auto")
+    return device if device in ("auto", "cuda", "cpu") else "auto"
+
+
+def _check_head_groups(cfg: SweepConfig, source: str) -> None:
+    for heads, kv_heads in itertools.product(cfg.heads, cfg.kv_heads):
+        if kv_heads is not None and heads % kv_heads != 0:
+            raise UserError(f"{source}: heads ({heads}) must be a multiple of kv_heads "
+                            f"({kv_heads}) for grouped-query attention")
+
+
+def expand_cases(cfg: SweepConfig) -> list[Case]:
+    """The cartesian grid, backends innermost so that one shape's backends run back to back."""
+    cases: list[Case] = []
+    for mode, dtype, causal, head_dim, batch, heads, kv_heads, seq_len, kv_len in itertools.product(
+            cfg.mode, cfg.dtype, cfg.causal, cfg.head_dim, cfg.batch, cfg.heads, cfg.kv_heads,
+            cfg.seq_len, cfg.kv_len):
+        for backend in cfg.backends:
+            cases.append(Case(
+                backend=backend, mode=Mode(mode), batch=batch, heads=heads,
+                kv_heads=heads if kv_heads is None else kv_heads,
+                seq_len=seq_len, kv_len=seq_len if kv_len is None else kv_len,
+                head_dim=head_dim, dtype=dtype, causal=causal,
+            ))
+    return list(dict.fromkeys(cases))

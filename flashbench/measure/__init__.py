@@ -1,0 +1,1 @@
+"""The worker side: one case measured on the device (torch, triton, NVML)."""

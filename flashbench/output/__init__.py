@@ -1,0 +1,1 @@
+"""Rows as text, tables, reports, HTML and plots."""

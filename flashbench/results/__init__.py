@@ -1,0 +1,1 @@
+"""Runs on disk, and what is read from them: compare, check, merge."""

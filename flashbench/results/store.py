@@ -1,0 +1,218 @@
+"""Run folders on disk: meta.json written atomically, results.jsonl appended and flushed row by row."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from flashbench.core.errors import UserError
+
+__all__ = ["RunFolder", "check_root", "create_run", "find_run", "load_run", "open_run",
+           "prepare_root", "read_meta", "read_rows"]
+
+META = "meta.json"
+RESULTS = "results.jsonl"
+LOCK = ".lock"
+
+
+def _jsonable(value: Any) -> Any:
+    # JSON has no NaN or infinity; an absent figure is null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RunFolder:
+    """One run: ``meta.json`` plus ``results.jsonl``, one line per finished case."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._results = None
+        self._lock: int | None = None
+
+    def lock(self) -> None:
+        """Hold the run for this process: a second writer (a resume while it runs) is refused.
+
+        An flock, so that the kernel releases it when the process dies, however it dies.
+        """
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"run {self.path} is being written by another flashbench process"
+                            ) from None
+        self._lock = fd
+
+    def drop_torn_tail(self) -> bool:
+        """Cut a last line that a dying writer left unfinished, so that new rows start clean."""
+        try:
+            with open(self.results_path, "rb+") as f:
+                data = f.read()
+                if not data or data.endswith(b"\n"):
+                    return False
+                f.truncate(data.rfind(b"\n") + 1)
+                f.flush()
+                os.fsync(f.fileno())
+        except FileNotFoundError:
+            return False
+        return True
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / META
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / RESULTS
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        _write_atomic(self.meta_path, json.dumps(meta, indent=2, default=str) + "\n")
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Write one row and push it to the disk now, so that an interrupted run loses nothing."""
+        if self._results is None:
+            self._results = open(self.results_path, "a")
+        line = json.dumps({k: _jsonable(v) for k, v in row.items()}, default=str)
+        self._results.write(line + "\n")
+        self._results.flush()
+        os.fsync(self._results.fileno())
+
+    def close(self) -> None:
+        if self._results is not None:
+            self._results.close()
+            self._results = None
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
+
+
+def check_root(root: Path) -> None:
+    """Refuse, without creating anything, a results folder that could not be made or written."""
+    existing = root
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create the results folder {root}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"the results folder {root} is not writable"
+                        + (f" ({existing} is not)" if existing != root else ""))
+
+
+def prepare_root(root: Path) -> None:
+    """Make sure run folders can be made under ``root`` (bad input when they cannot)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the results folder {root}: {e.strerror}") from None
+    if not os.access(root, os.W_OK):
+        raise UserError(f"the results folder {root} is not writable")
+
+
+def create_run(root: Path, run_id: str | None = None) -> RunFolder:
+    """A new, empty run folder under ``root``; two runs never share one."""
+    prepare_root(root)
+    run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    path = root / run_id
+    try:
+        path.mkdir()  # exclusive: fails if another run took the name
+    except FileExistsError:
+        raise UserError(f"run folder {path} already exists") from None
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {path}: {e.strerror}") from None
+    return RunFolder(path)
+
+
+def open_run(path: Path) -> RunFolder:
+    """An existing run folder, locked for appending (a resume)."""
+    if not os.access(path, os.W_OK):
+        raise UserError(f"run {path} is not writable")
+    run = RunFolder(path)
+    run.lock()
+    return run
+
+
+def find_run(ref: str | Path | None, root: Path) -> Path:
+    """A run folder from a path, a run id under ``root``, or the latest run when None."""
+    if ref is None:
+        # profile-* folders (flashbench profile) hold no results: not a run to compare.
+        runs = sorted((p for p in root.glob("*/") if (p / META).exists()
+                       and not p.name.startswith("profile-")),
+                      key=lambda p: (p / META).stat().st_mtime) if root.is_dir() else []
+        if not runs:
+            raise UserError(f"no runs under {root}; run `flashbench run` first")
+        return runs[-1]
+    path = Path(ref)
+    if not path.exists() and (root / str(ref)).exists():
+        path = root / str(ref)
+    if not path.exists():
+        raise UserError(f"no such run or results file: {ref}")
+    if path.is_file() and path.name == RESULTS:
+        path = path.parent
+    if not path.is_dir() or not (path / RESULTS).exists() and not (path / META).exists():
+        raise UserError(f"not a flashbench run folder: {ref}")
+    return path
+
+
+def read_meta(run: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run / META).read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"{run / META} is not valid JSON: {e.msg} at line {e.lineno}") from None
+
+
+def _iter_rows(path: Path) -> Iterator[dict[str, Any]]:
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # a torn last line: the writer died mid-row
+                print(f"warning: {path}:{number}: skipping a torn last line", file=sys.stderr)
+                continue
+            raise UserError(f"{path}:{number}: not a JSON object") from None
+
+
+def read_rows(run_or_file: Path) -> list[dict[str, Any]]:
+    """Every row of a run folder or a results.jsonl file."""
+    path = run_or_file / RESULTS if run_or_file.is_dir() else run_or_file
+    if not path.exists():
+        raise UserError(f"no results file at {path}")
+    return list(_iter_rows(path))
+
+
+def load_run(ref: str | Path | None, root: Path) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
+    """Rows, meta and location of a run folder, a run id, a results file, or the latest run.
+
+    A results file may stand alone (a committed baseline): its meta is the meta.json beside
+    it when there is one, else empty. A run without rows is bad input.
+    """
+    path = Path(ref) if ref is not None else None
+    if path is not None and path.is_file():
+        rows, meta = read_rows(path), read_meta(path.parent)
+    else:
+        path = find_run(ref, root)
+        rows, meta = read_rows(path), read_meta(path)
+    if not rows:
+        raise UserError(f"{path} has no results")
+    return rows, meta, path

@@ -1,0 +1,1 @@
+"""The parent side of a sweep: cases to workers, rows to disk; no torch, no CUDA."""

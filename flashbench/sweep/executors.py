@@ -1,0 +1,361 @@
+"""Where cases run: in a worker process that may die or hang without ending the sweep, or in this process.
+
+``WorkerExecutor`` keeps one long-lived worker (flashbench.sweep.worker) for the sweep's device. A
+worker that dies makes its case a ``crash`` row carrying the last lines of its stderr; a case
+that outlives the timeout is a ``timeout`` row and its worker is killed. Either way the next
+case gets a fresh worker. This module imports neither torch nor CUDA: the parent of a sweep
+must not hold a CUDA context, and each worker is a fresh interpreter, never a fork.
+``InProcessExecutor`` (``--no-isolate``) runs cases here, for debugging: no timeouts, no recovery.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Protocol
+
+from flashbench.core import costs
+from flashbench.core.cases import Case, Status
+from flashbench.core.errors import UserError
+from flashbench.sweep.interrupts import Interrupt
+from flashbench.sweep.worker import receive as _receive, send as _send
+
+__all__ = ["STDERR_TAIL_LINES", "Executor", "InProcessExecutor", "Interrupted", "WorkerExecutor",
+           "WorkerStartError", "python_module_command"]
+
+STDERR_TAIL_LINES = 20
+STARTUP_TIMEOUT_S = 300.0  # importing torch and initializing CUDA, on a busy machine
+_POLL_S = 0.2  # how often a wait looks at the interrupt flags and at the worker's life
+
+
+class Interrupted(Exception):
+    """The user stopped the sweep before its first case: nothing was written."""
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process could not start (it died, or hung, before it was ready)."""
+
+
+class Executor(Protocol):
+    device: str
+    environment: dict[str, Any]
+
+    def measure(self, case: Case, timeout_s: float) -> dict[str, Any] | None:
+        """The case's row; None when the user abandoned it (no row: a resume runs it again)."""
+
+    def close(self) -> None: ...
+
+
+def python_module_command(module: str) -> list[str]:
+    """``python -P -m module``: this interpreter, without the current folder on ``sys.path``.
+
+    Plain ``-m`` puts the current folder first, so that, run from a checkout of flashbench, the
+    source folder ``./flashbench`` (which lacks the ``kernels`` subpackage setuptools maps in)
+    would shadow the installed package. ``-P`` (Python 3.11+) keeps ``sys.path`` as installed;
+    PYTHONPATH still applies.
+    """
+    return [sys.executable, "-P", "-m", module]
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
+class _Died:
+    def __init__(self, returncode: int):
+        self.returncode = returncode
+
+
+_TIMED_OUT = object()
+_ABANDONED = object()
+
+
+class _Worker:
+    """One worker process: two pipes, and a log file that holds its stdout and stderr."""
+
+    def __init__(self, hello: dict[str, Any], env: dict[str, str]):
+        fd, name = tempfile.mkstemp(prefix="flashbench-worker-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(name)
+        self._forwarded = 0
+        request_r, request_w = os.pipe()
+        reply_r, reply_w = os.pipe()
+        try:
+            with open(self.log_path, "ab") as log:  # append: the worker's writes never overlap
+                # A fresh interpreter (never a fork): it imports nothing of the caller's, its
+                # __main__ included, and no CUDA state can be inherited.
+                self.proc = subprocess.Popen(
+                    [*python_module_command("flashbench.sweep.worker"), str(request_r), str(reply_w),
+                     str(os.getpid())],
+                    pass_fds=(request_r, reply_w), stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=log, env=env,
+                    # Its own session: a terminal's Ctrl-C reaches only the parent, which
+                    # decides, and a kill of the group reaches whatever the worker started.
+                    start_new_session=True)
+        except BaseException:
+            for end in (request_r, request_w, reply_r, reply_w):
+                os.close(end)
+            self.log_path.unlink(missing_ok=True)
+            raise
+        os.close(request_r)  # the worker's ends: closed here so that its death reads as EOF
+        os.close(reply_w)
+        self._requests = Connection(request_w, readable=False)
+        self._replies = Connection(reply_r, writable=False)
+        _send(self._requests, hello)
+
+    def send(self, message: dict[str, Any]) -> None:
+        _send(self._requests, message)
+
+    def receive(self, deadline: float | None, interrupt: Interrupt) -> Any:
+        """The next message, or _Died, _TIMED_OUT or _ABANDONED."""
+        while True:
+            if interrupt.abandon:
+                return _ABANDONED
+            wait = _POLL_S
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return _TIMED_OUT
+                wait = min(wait, left)
+            try:
+                if self._replies.poll(wait):
+                    return _receive(self._replies)
+            except (EOFError, OSError):  # the worker closed its end: it is dying or dead
+                return _Died(self._reap())
+            if self.proc.poll() is not None:
+                try:  # a last message may have arrived just before it exited
+                    if self._replies.poll(0):
+                        return _receive(self._replies)
+                except (EOFError, OSError):
+                    pass
+                return _Died(self.proc.returncode)
+
+    def _reap(self) -> int:
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:  # the whole group: whatever the worker started dies with it
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+    def forward_output(self) -> None:
+        """Pass on what the worker printed since last time (warnings, plugins' prints): to stderr."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._forwarded)
+                data = f.read()
+        except OSError:
+            return
+        if data:
+            self._forwarded += len(data)
+            sys.stderr.write(data.decode(errors="replace"))
+            sys.stderr.flush()
+
+    def tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        """The last lines the worker wrote (its fault handler's traceback, after a crash)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, self.log_path.stat().st_size - 64 * 1024))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+        return "\n".join(kept[-lines:])
+
+    def close(self, graceful: bool = True) -> None:
+        """Stop the worker (asking first when ``graceful``), forward its output, delete its log."""
+        if graceful and self.proc.poll() is None:
+            try:
+                self.send({"kind": "stop"})
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+        self.forward_output()
+        for conn in (self._requests, self._replies):
+            conn.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+def _fatal_line(tail: str) -> str:
+    """What Python's fault handler said killed the worker ('Segmentation fault'), if it did."""
+    for line in tail.splitlines():
+        if line.startswith("Fatal Python error"):
+            return "; " + line.strip()[:200]
+    return ""
+
+
+class WorkerExecutor:
+    """Cases in a worker process, replaced after a crash or a timeout."""
+
+    def __init__(self, device: str, plugins: list[str], backends: list[str],
+                 timing: dict[str, Any], interrupt: Interrupt,
+                 startup_timeout_s: float = STARTUP_TIMEOUT_S, env: dict[str, str] | None = None,
+                 wait: bool = True):
+        self._hello = {"kind": "hello", "device": device, "plugins": list(plugins),
+                       "backends": list(backends), "timing": dict(timing)}
+        # ``env`` adds to this process's environment (--devices pins a GPU with it).
+        self._env = dict(os.environ) | (env or {})
+        if device == "cpu":
+            # Triton picks its interpreter when first imported; the worker imports it fresh.
+            self._env.setdefault("TRITON_INTERPRET", "1")
+        self._interrupt = interrupt
+        self._startup_timeout_s = startup_timeout_s
+        self._worker: _Worker | None = None
+        self.device: str = device
+        self.environment: dict[str, Any] = {}
+        self._fields: list[str] = []
+        # Started in the caller's thread: the worker asks Linux to kill it when the thread that
+        # started it ends (PR_SET_PDEATHSIG follows threads, not processes), so a thread that
+        # only waits for it to be ready must not start it.
+        self._first: _Worker | None = _Worker(self._hello, self._env)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Wait for the first worker (another thread may wait, for several workers at once)."""
+        worker, self._first = self._first, None
+        if worker is None:
+            return
+        ready = self._start(first=True, worker=worker)
+        self.device = ready["device"]
+        self.environment = ready["environment"]
+        self._fields = ready["fields"]
+
+    def _start(self, *, first: bool, worker: _Worker | None = None) -> dict[str, Any]:
+        """A ready worker; bad input (the first time only) is the user's, anything else ours."""
+        worker = worker or _Worker(self._hello, self._env)
+        reply = worker.receive(time.monotonic() + self._startup_timeout_s, self._interrupt)
+        if reply is _ABANDONED:
+            worker.close(graceful=False)
+            raise Interrupted("interrupted while the worker process started; nothing was written")
+        if isinstance(reply, dict) and reply["kind"] == "bad_input":
+            worker.close(graceful=False)
+            if first:
+                raise UserError(reply["message"])
+            raise WorkerStartError(f"a new worker refused what the first accepted: "
+                                   f"{reply['message']}")
+        if not isinstance(reply, dict) or reply["kind"] != "ready":
+            how = "timed out" if reply is _TIMED_OUT else \
+                _describe_exit(reply.returncode) if isinstance(reply, _Died) else f"sent {reply!r}"
+            tail = worker.tail()
+            worker.close(graceful=False)
+            last = tail.splitlines()[-1] if tail else "no output"
+            raise WorkerStartError(f"the worker process did not start ({how}): {last}")
+        worker.forward_output()
+        self._worker = worker
+        return reply
+
+    def measure(self, case: Case, timeout_s: float, *, retry: bool = True) -> dict[str, Any] | None:
+        if self._worker is None:  # the last one crashed or timed out
+            try:
+                self._start(first=False)
+            except Interrupted:
+                return None
+        worker = self._worker
+        assert worker is not None
+        try:
+            worker.send({"kind": "case", "case": case.to_dict()})
+        except OSError:  # it died while idle (killed from outside): the case never reached it
+            self._drop(graceful=False)
+            if retry:
+                return self.measure(case, timeout_s, retry=False)
+            raise WorkerStartError("the worker process died before it received a case") from None
+        deadline = time.monotonic() + timeout_s
+        blank: dict[str, Any] | None = None
+        while True:
+            reply = worker.receive(deadline, self._interrupt)
+            if reply is _ABANDONED:
+                self._drop(graceful=False)
+                return None
+            if reply is _TIMED_OUT:
+                tail = self._drop(graceful=False)
+                return self._failed(case, blank, Status.TIMEOUT,
+                                    f"exceeded the case timeout of {timeout_s:g} s; "
+                                    f"worker killed and replaced", tail)
+            if isinstance(reply, _Died):
+                tail = self._drop(graceful=False)
+                return self._failed(case, blank, Status.CRASH,
+                                    f"worker {_describe_exit(reply.returncode)}"
+                                    f"{_fatal_line(tail)}; replaced", tail)
+            if reply["kind"] == "started":
+                blank = reply["row"]
+                continue
+            row = reply["row"]
+            if reply.get("fatal"):
+                row["stderr_tail"] = self._drop(graceful=True)
+            else:
+                worker.forward_output()
+            return row
+
+    def _drop(self, *, graceful: bool) -> str:
+        """End the current worker (the next case starts another); returns its last lines."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return ""
+        if not graceful:
+            worker.kill()
+        tail = worker.tail()
+        worker.close(graceful=graceful)
+        return tail
+
+    def _failed(self, case: Case, blank: dict[str, Any] | None, status: Status, error: str,
+                tail: str) -> dict[str, Any]:
+        if blank is None:  # it died before describing the case: describe it here
+            blank = case.to_dict() | dict.fromkeys(self._fields) | {
+                "device": self.device, "samples_ms": [], "l2": self._hello["timing"]["l2"],
+                "timer": "cuda-events" if self.device.startswith("cuda") else "perf-counter",
+                "flops": costs.flops(case),
+                "hbm_bytes": costs.hbm_bytes(case, costs.algorithm_of(case.backend))}
+        return blank | {"status": status.value, "error": error[:500], "stderr_tail": tail}
+
+    def close(self) -> None:
+        if self._first is not None:  # started, never waited for
+            self._first.close(graceful=False)
+            self._first = None
+        self._drop(graceful=True)
+
+
+class InProcessExecutor:
+    """Cases in this process (``--no-isolate``): a crash ends the sweep, a hang hangs it."""
+
+    def __init__(self, device: str, timing: dict[str, Any]):
+        from flashbench.measure.case import select_device
+
+        self._device = select_device(device)
+        from flashbench.measure.machine import capture_environment
+        from flashbench.measure.telemetry import nvml_handle
+        from flashbench.measure.timing import TimingPolicy
+
+        self._policy = TimingPolicy(**timing)
+        self.device = str(self._device)
+        self.environment = capture_environment(self._device)
+        self._handle = nvml_handle(self.environment.get("gpu_uuid")) \
+            if self._device.type == "cuda" else None
+
+    def measure(self, case: Case, timeout_s: float) -> dict[str, Any] | None:
+        from flashbench.measure.case import measure_case
+
+        return measure_case(case, self._device, self._policy, self._handle,
+                            self.environment.get("ceilings"))
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,160 @@
+"""The worker process (``python -m flashbench.sweep.worker``): measures the cases its parent sends, one at a time.
+
+The parent (flashbench.sweep.executors) never touches CUDA; this process owns the device. Messages
+are JSON objects (plain data: unpickling could import torch into the parent) over two pipes
+whose descriptors are given on the command line:
+
+    parent -> worker   {"kind": "hello", "device", "plugins", "backends", "timing"},
+                       then {"kind": "case", "case"} per case, or {"kind": "stop"}
+    worker -> parent   {"kind": "ready", "device", "environment", "fields"} or {"kind": "bad_input", "message"},
+                       then per case {"kind": "started", "row"} (a blank row, used if this process
+                       dies) and {"kind": "row", "row", "fatal"}
+
+``fatal`` says the CUDA context is unusable after the case: the worker exits and is replaced.
+stdout and stderr go to a file the parent reads: Python's fault handler writes the traceback
+of a segfault or an abort there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import importlib
+import json
+import os
+import signal
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+__all__ = ["main", "receive", "send"]
+
+EXIT_BAD_INPUT = 2
+EXIT_CONTEXT_LOST = 3
+
+
+def send(conn: Connection, message: dict[str, Any]) -> None:
+    """One message as JSON; anything JSON lacks (a torch version object) goes as its text."""
+    conn.send_bytes(json.dumps(message, default=str).encode())
+
+
+def receive(conn: Connection) -> dict[str, Any]:
+    return json.loads(conn.recv_bytes())
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to kill this process when its parent dies, so that no hung worker outlives a sweep."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the closed pipe ends the worker between cases
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _context_lost(device: Any) -> str | None:
+    """Why the CUDA context cannot be used any more (an illegal address, a device assert), or None.
+
+    Such errors are sticky: every later CUDA call in this process fails the same way.
+    """
+    if device.type != "cuda":
+        return None
+    import torch
+
+    try:
+        torch.cuda.synchronize(device)
+        torch.ones(1, device=device).add_(1).item()
+    except Exception as e:  # whatever CUDA raised, this context is finished
+        return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    return None
+
+
+# Kernel modules that take seconds to import (SDPA's pulls in torch._dynamo; Triton's defines
+# its kernels): imported at start-up, so that the first case's timeout is about the case.
+_KERNEL_MODULES = {"sdpa": "flashbench.kernels.sdpa", "triton": "flashbench.kernels.triton_flash"}
+
+
+def _import_kernels(backend_names: list[str]) -> None:
+    from flashbench.measure.backends import registry
+
+    backends = registry()
+    for family in sorted({backends[n].family for n in backend_names if n in backends}):
+        if family in _KERNEL_MODULES:
+            try:
+                importlib.import_module(_KERNEL_MODULES[family])
+            except Exception:  # not hidden: the same import fails again inside the case, as its row
+                pass
+
+
+def _serve(requests: Connection, replies: Connection) -> int:
+    hello = receive(requests)
+    from flashbench.core.errors import UserError
+
+    try:
+        # The device first: on a CPU it sets TRITON_INTERPRET before anything imports triton.
+        from flashbench.measure.case import RESULT_FIELDS, blank_row, measure_case, select_device
+
+        device = select_device(hello["device"])
+        from flashbench.core.plugins import load_plugins
+
+        load_plugins(hello["plugins"])
+    except UserError as e:
+        send(replies, {"kind": "bad_input", "message": str(e)})
+        return EXIT_BAD_INPUT
+    from flashbench.core.cases import Case
+    from flashbench.measure.machine import capture_environment
+    from flashbench.measure.telemetry import nvml_handle
+    from flashbench.measure.timing import TimingPolicy
+
+    _import_kernels(hello["backends"])
+    policy = TimingPolicy(**hello["timing"])
+    environment = capture_environment(device)
+    handle = nvml_handle(environment.get("gpu_uuid")) if device.type == "cuda" else None
+    send(replies, {"kind": "ready", "device": str(device), "environment": environment,
+                  "fields": list(RESULT_FIELDS)})
+    while True:
+        try:
+            message = receive(requests)
+        except EOFError:  # the parent is gone or done
+            return 0
+        if message["kind"] == "stop":
+            return 0
+        case = Case.from_dict(message["case"])
+        blank = blank_row(case, device, policy)
+        send(replies, {"kind": "started", "row": blank})
+        try:
+            row = measure_case(case, device, policy, handle, environment.get("ceilings"))
+        except Exception as e:  # its own clean-up failed (a broken CUDA context): still a row
+            row = blank | {"status": "error", "error": " ".join(f"{type(e).__name__}: {e}"
+                                                                 .split())[:500]}
+        lost = _context_lost(device)
+        if lost:
+            cause = row["error"] if row["status"] != "ok" and row["error"] else lost
+            row.update(status="crash", error=f"the CUDA context is unusable after this case "
+                                             f"(worker replaced): {cause}"[:500])
+        send(replies, {"kind": "row", "row": row, "fatal": lost is not None})
+        if lost:
+            return EXIT_CONTEXT_LOST
+
+
+def main(argv: list[str]) -> int:
+    requests_fd, replies_fd, parent_pid = (int(a) for a in argv)
+    _die_with_parent(parent_pid)
+    # Ctrl-C is the parent's to handle; this process is stopped by a message or killed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.enable(all_threads=True)
+    requests = Connection(requests_fd, writable=False)
+    replies = Connection(replies_fd, readable=False)
+    try:
+        return _serve(requests, replies)
+    except (BrokenPipeError, EOFError):  # the parent went away mid-message
+        return 0
+
+
+if __name__ == "__main__":
+    exit_code = main(sys.argv[1:])
+    # Skip the interpreter's teardown (a second with torch loaded): nothing is left to save.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
