@@ -15,4 +15,11 @@ assert len(rows) == meta["n_cases"] > 0, (len(rows), meta["n_cases"])
 bad = [(r["backend"], r["status"], r.get("error")) for r in rows if r["status"] != "ok"]
 assert not bad, bad
 assert "┃" in stdout and all(r["backend"] in stdout for r in rows), stdout
+# The installed (not editable) package records the commit it was built from.
+import subprocess  # noqa: E402
+
+head = subprocess.run(["git", "-C", str(clone), "rev-parse", "HEAD"], capture_output=True,
+                      text=True, check=True).stdout.strip()
+recorded = meta["environment"]["git_commit"]
+assert recorded == head, f"meta.json records git_commit {recorded!r}, the clone is at {head}"
 print(f"README command 1: {len(rows)} ok rows in {runs[0]}, table printed")

@@ -2,7 +2,7 @@
 
 from pathlib import Path as _Path
 
-from flashbench.core.plugins import register_backend
+from flashbench.core.registry import register_backend
 
 __all__ = ["__version__", "register_backend"]
 

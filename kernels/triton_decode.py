@@ -11,7 +11,7 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from flashbench.kernels import triton_flash
-from flashbench.kernels.triton_flash import _attend_tiles, _load_tile, _tma_ready
+from flashbench.kernels.triton_flash import _attend_rows, _load_tile, _tma_ready
 
 __all__ = ["MAX_STACKED_ROWS", "MIN_DECODE_KV_LEN", "MIN_SPLIT_KEYS", "choose_num_splits",
            "decode_forward", "is_decode_shape", "unsupported_reason"]
@@ -51,10 +51,6 @@ def _split_kv_kernel(
     offs_r = tl.arange(0, BLOCK_M)
     q = _load_tile(desc_q, batch, 0, kv_head * rows, BLOCK_M, BLOCK_D, INTERPRET)
 
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-
     # split_len is a whole number of tiles, so only the cache's last tile straddles an end.
     lo = split * split_len
     hi = tl.minimum(lo + split_len, kv_len)
@@ -67,25 +63,14 @@ def _split_kv_kernel(
         seen_by_all = hi
     unmasked_hi = tl.maximum(seen_by_all // BLOCK_N * BLOCK_N, lo)
     pos = offs_r % seq_len
-    acc, l_i, m_i = _attend_tiles(
-        acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, lo, unmasked_hi, pos, kv_len, diag,
-        qk_scale, MASKED=False, CAUSAL=CAUSAL, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N,
-        BLOCK_D=BLOCK_D)
-    acc, l_i, m_i = _attend_tiles(
-        acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, unmasked_hi, hi, pos, kv_len, diag,
-        qk_scale, MASKED=True, CAUSAL=CAUSAL, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N,
-        BLOCK_D=BLOCK_D)
-
     # Normalised output and natural-log LSE: with one split these are the final results
     # (desc_po is then the output itself), and the combine needs nothing else. A row that saw
     # no key of this split (causal, last split) stores 0 and -inf, which weigh nothing there.
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc * (1.0 / l_safe)[:, None]
+    out, lse = _attend_rows(q, desc_k, desc_v, batch, kv_head, lo, unmasked_hi, hi, pos, kv_len,
+                            diag, qk_scale, CAUSAL, INTERPRET, BLOCK_M, BLOCK_N, BLOCK_D)
     # Viewed as (batch * kv_heads, rows, num_splits, D): the store is clipped to this group.
     desc_po.store([pid_bk, 0, split, 0],
                   out.to(desc_po.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
     flat_row = pid_bk.to(tl.int64) * rows + offs_r
     tl.store(Lse_part + flat_row * num_splits + split, lse, mask=offs_r < rows)
 

@@ -57,6 +57,37 @@ def _attend_tiles(
 
 
 @triton.jit
+def _attend_rows(
+    q, desc_k, desc_v, batch, kv_head, lo, unmasked_hi, hi, offs_m, kv_len, diag, qk_scale,
+    CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """One query tile against keys [lo, hi): the tiles every row sees in full up to
+    ``unmasked_hi``, then the masked band. Returns the normalised output, the natural-log
+    log-sum-exp, and which rows saw no key (output 0, LSE -inf: they weigh nothing in a
+    combine)."""
+    # A finite floor instead of -inf: a row that has seen no key yet then gets
+    # exp2(-inf - floor) = 0 rather than NaN, and ends with l_i == 0, which is guarded below.
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, lo, unmasked_hi, offs_m, kv_len, diag,
+        qk_scale, MASKED=False, CAUSAL=CAUSAL, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N,
+        BLOCK_D=BLOCK_D)
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, unmasked_hi, hi, offs_m, kv_len, diag,
+        qk_scale, MASKED=True, CAUSAL=CAUSAL, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N,
+        BLOCK_D=BLOCK_D)
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc * (1.0 / l_safe)[:, None]
+    # Back from base 2 to the natural log that callers (and a backward pass) expect.
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+    return out, lse
+
+
+@triton.jit
 def _attend_tile(
     acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, start_n, offs_m, offs_n, kv_len, diag,
     qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
@@ -102,12 +133,6 @@ def _attn_fwd_kernel(
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_tile(desc_q, batch, head, start_m, BLOCK_M, BLOCK_D, INTERPRET)
 
-    # A finite floor instead of -inf: a row that has seen no key yet then gets
-    # exp2(-inf - floor) = 0 rather than NaN, and ends with l_i == 0, which the epilogue guards.
-    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-
     # Bottom-right causal alignment: row i sees key j iff j <= i + diag.
     diag = kv_len - seq_len
     if CAUSAL:
@@ -119,24 +144,11 @@ def _attn_fwd_kernel(
         unmasked_hi = kv_len
         hi = kv_len
     unmasked_hi = tl.maximum(unmasked_hi, 0) // BLOCK_N * BLOCK_N
-
-    acc, l_i, m_i = _attend_tiles(
-        acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, 0, unmasked_hi, offs_m, kv_len, diag,
-        qk_scale, MASKED=False, CAUSAL=CAUSAL, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N,
-        BLOCK_D=BLOCK_D)
-    acc, l_i, m_i = _attend_tiles(
-        acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, unmasked_hi, hi, offs_m, kv_len, diag,
-        qk_scale, MASKED=True, CAUSAL=CAUSAL, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N,
-        BLOCK_D=BLOCK_D)
-
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc * (1.0 / l_safe)[:, None]
+    out, lse = _attend_rows(q, desc_k, desc_v, batch, kv_head, 0, unmasked_hi, hi, offs_m,
+                            kv_len, diag, qk_scale, CAUSAL, INTERPRET, BLOCK_M, BLOCK_N, BLOCK_D)
     # The descriptor clips the store to this head's rows and the real head dim.
     desc_o.store([batch, head, start_m, 0],
                  out.to(desc_o.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
-    # Back from base 2 to the natural log that callers (and a backward pass) expect.
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
     tl.store(Lse + pid_bh.to(tl.int64) * seq_len + offs_m, lse, mask=offs_m < seq_len)
 
 

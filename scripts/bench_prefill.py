@@ -20,7 +20,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from flashbench.core.cases import Case, Mode
 from flashbench.core.costs import flops
 from flashbench.kernels import triton_flash as current
-from flashbench.measure.timing import TimingPolicy, time_callable
+from flashbench.core.config import TimingPolicy
+from flashbench.measure.timing import time_callable
 
 POLICY = TimingPolicy(l2="cold", warmup_ms=25, budget_ms=400, min_samples=10, max_samples=300)
 HERE = Path(__file__).resolve().parent

@@ -8,11 +8,12 @@ from typer.testing import CliRunner
 
 from flashbench.measure import calibrate as cal
 from flashbench.measure import telemetry
+from flashbench.results import clocks
 from flashbench.cli import app
 from flashbench.output.plots import _roofline, _timed
 from flashbench.core.roofline import attainable_tflops, ridge_intensity, roofline_fields
 from flashbench.output.tables import results_frame, sweep_table
-from flashbench.measure.timing import TimingPolicy
+from flashbench.core.config import TimingPolicy
 
 runner = CliRunner()
 CEILINGS = {"matmul_tflops": {"bf16": 800.0, "tf32": 400.0, "fp32": 50.0}, "copy_gbps": 3000.0}
@@ -146,20 +147,20 @@ def test_off_clock_and_throttled_cases_are_marked_and_noted():
             _timed_row("triton", 3.0, 1755), _timed_row("triton", 4.0, 1980, "sw_power_cap")]
     for r, seq in zip(rows, (1024, 2048, 4096, 8192)):
         r["seq_len"] = r["kv_len"] = seq
-    clock = telemetry.run_clock(rows)
+    clock = clocks.run_clock(rows)
     assert clock == 1980
-    assert [telemetry.off_clock(r, clock) for r in rows] == [False, False, True, True]
+    assert [clocks.off_clock(r, clock) for r in rows] == [False, False, True, True]
     # 3 % is the line: 1921 MHz is off (3.0 %), 1925 is not (2.8 %).
-    assert telemetry.off_clock({"sm_clock_mhz": 1920}, 1980)
-    assert not telemetry.off_clock({"sm_clock_mhz": 1925}, 1980)
-    assert telemetry.telemetry_notes(rows) == [
+    assert clocks.off_clock({"sm_clock_mhz": 1920}, 1980)
+    assert not clocks.off_clock({"sm_clock_mhz": 1925}, 1980)
+    assert clocks.telemetry_notes(rows) == [
         "telemetry: 1 case(s) saw sw_power_cap",
         "telemetry: 1 case(s) ran at an SM clock more than 3% off the run's median 1980 MHz "
         "(1755–1755 MHz)"]
     ms = sweep_table(rows).groups[0][1][0]  # the one backend's ms column
     cells = [str(c) for c in ms.cells]
     assert cells == ["1.000", "2.000", "3.000!", "4.000!"]
-    assert telemetry.telemetry_notes([{"sm_clock_mhz": None}]) == []
+    assert clocks.telemetry_notes([{"sm_clock_mhz": None}]) == []
 
 
 def test_decode_throttle_names_bits_and_ignores_idle():

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from flashbench.cli import app
-from flashbench.measure.case import RESULT_FIELDS
+from flashbench.core.rows import RESULT_FIELDS
 from flashbench.core.cases import CASE_FIELDS
 
 runner = CliRunner()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flashbench.core import costs
+from flashbench.core import costs, registry
 from flashbench.core.cases import Case, Mode
 
 
@@ -86,9 +86,9 @@ def test_materialized_peak_and_algorithms():
     # S and P in fp32 at once, plus the output
     assert costs.materialized_peak_bytes(c, "naive") == 8 * 1024 * 1024 + 1024 * 64 * 2
     assert costs.materialized_peak_bytes(c, "flash") == 0
-    assert costs.algorithm_of("naive") == "naive"
-    assert costs.algorithm_of("sdpa-math") == "math"
-    assert costs.algorithm_of("sdpa-cudnn") == "flash"
+    assert registry.algorithm_of("naive") == "naive"
+    assert registry.algorithm_of("sdpa-math") == "math"
+    assert registry.algorithm_of("sdpa-cudnn") == "flash"
     c = case(batch=1, heads=2, kv_heads=1, seq_len=10, kv_len=20, head_dim=8, dtype="fp16")
     q = 1 * 2 * 10 * 8 * 2
     kv = 1 * 1 * 20 * 8 * 2

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from flashbench.core.cases import CASE_FIELDS, Case, Mode
 from flashbench.cli import app
 from flashbench.sweep.devices import (Device, check_same_environment, parse_devices,
-                                row_device_fields, start_all)
+                                row_device_fields)
+from flashbench.sweep.parallel import start_all
 from flashbench.core.errors import UserError
 from flashbench.sweep.interrupts import Interrupt
 from flashbench.sweep.executors import WorkerStartError

@@ -5,7 +5,7 @@ import torch
 
 from flashbench.core import costs
 from flashbench.core.cases import Case, Mode
-from flashbench.measure.timing import TimingPolicy
+from flashbench.core.config import TimingPolicy
 
 pytestmark = pytest.mark.gpu
 
@@ -20,8 +20,9 @@ def case(backend, **kw):
 
 def measure(c):
     from flashbench.measure.machine import capture_environment
-    from flashbench.measure.case import measure_case, select_device
-    from flashbench.measure.telemetry import nvml_handle
+    from flashbench.measure.case import measure_case
+    from flashbench.measure.device import select_device
+    from flashbench.core.nvml import nvml_handle
 
     device = select_device("cuda")
     handle = nvml_handle(capture_environment(device)["gpu_uuid"])
@@ -85,7 +86,7 @@ def test_host_launch_overhead_is_not_timed():
 
 def test_env_on_a_gpu_has_the_card_and_its_backends():
     from flashbench.measure.machine import capture_environment
-    from flashbench.measure.case import select_device
+    from flashbench.measure.device import select_device
 
     env = capture_environment(select_device("cuda"))
     assert env["gpu_uuid"].startswith("GPU-") and env["sm_count"] > 0 and env["l2_bytes"] > 0

@@ -19,9 +19,10 @@ import json, sys
 from pathlib import Path
 from flashbench.core.config import load_config
 from flashbench.core.plugins import load_plugins
-from flashbench.sweep.runner import run_sweep
+from flashbench.sweep.runner import SweepOptions, run_sweep
 files = load_plugins(sys.argv[3:])
-result = run_sweep(load_config(sys.argv[1]), Path(sys.argv[2]), progress=False, plugins=files)
+result = run_sweep(load_config(sys.argv[1]), Path(sys.argv[2]),
+                   SweepOptions(progress=False, plugins=files))
 torch = sys.modules.get("torch")
 print(json.dumps({"status": result.status, "rows": result.rows,
                   "parent_cuda": bool(torch is not None and torch.cuda.is_initialized())}))

@@ -11,14 +11,14 @@ from typer.testing import CliRunner
 
 from flashbench.core import costs
 
-from flashbench.core import plugins
-from flashbench.measure.backends import registry
+from flashbench.core import plugins, registry
+from flashbench.measure.backends import get_backend
 from flashbench.core.cases import Case, Mode
 from flashbench.cli import app
 from flashbench.core.config import load_config
 from flashbench.core.errors import UserError
 from flashbench.measure.case import measure_case
-from flashbench.measure.timing import TimingPolicy
+from flashbench.core.config import TimingPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = Path(__file__).parent / "plugins"
@@ -32,7 +32,7 @@ def invoke(*args):
 @pytest.fixture(autouse=True)
 def fresh_registry(monkeypatch):
     """Each test starts with no plugin loaded, and leaves those loaded before it as they were."""
-    monkeypatch.setattr(plugins, "_REGISTERED", {})
+    monkeypatch.setattr(registry, "_PLUGINS", {})
     monkeypatch.setattr(plugins, "_LOADED_FILES", set())
     monkeypatch.setattr(plugins, "_LOADED_ENTRY_POINTS", set())
 
@@ -45,7 +45,7 @@ def test_a_plugin_backend_is_measured_like_a_builtin():
     row = measure_case(case, torch.device("cpu"), policy)
     assert row["status"] == "ok" and row["rel_err"] < 1e-6 and row["n_samples"] >= 3
     assert row["hbm_bytes"] == costs.hbm_bytes(case, "flash")  # the traffic model plugins get
-    assert registry()["fast-sdpa"].family == "plugin"
+    assert get_backend("fast-sdpa").family == "plugin"
     shifted = Case(**(case.to_dict() | {"mode": Mode.FWD, "seq_len": 40, "kv_len": 24}))
     assert measure_case(shifted, torch.device("cpu"), policy)["status"] == "unsupported"
 
@@ -96,7 +96,7 @@ def test_no_isolate_runs_the_plugin_in_this_process(tmp_path, monkeypatch):
 
 
 def test_names_are_checked_when_registered():
-    register = plugins.register_backend
+    register = registry.register_backend
     with pytest.raises(ValueError, match="'naive' is a built-in backend"):
         register("naive")
     with pytest.raises(ValueError, match="must be 1-64 letters"):
@@ -109,7 +109,7 @@ def test_names_are_checked_when_registered():
         return q
 
     assert register("doc-test")(fn) is fn  # the decorator returns the function unchanged
-    assert plugins.plugin_backends()["doc-test"].description == "First line describes it."
+    assert registry.plugin_specs()["doc-test"].description == "First line describes it."
     fn.__module__ = "somewhere.else"  # the same name from another plugin
     with pytest.raises(ValueError, match="'doc-test' is already registered by"):
         register("doc-test")(fn)
@@ -155,7 +155,7 @@ def test_a_bad_plugin_is_bad_input_with_one_line(tmp_path, name):
     assert message in result.stderr and str(path) in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
     assert not out.exists()
-    assert "half-ok" not in plugins.plugin_backends()  # nothing half-registered stays
+    assert "half-ok" not in registry.plugin_specs()  # nothing half-registered stays
 
 
 def test_entry_point_group_loads_installed_plugins(tmp_path, monkeypatch):

@@ -57,7 +57,7 @@ def test_cli_profiles_each_backend_into_its_own_folder(tmp_path):
     for name, r in results.items():
         case = Case.from_dict({k: r[k] for k in meta["case"]} | {"backend": name})
         assert r["status"] == "ok" and r["kernels"], (name, r["error"])
-        assert r["hbm_bytes"] == costs.hbm_bytes(case, costs.algorithm_of(name))
+        assert r["hbm_bytes"] == costs.hbm_bytes(case)
         assert r["dram_bytes"] is None and r["ncu_error"] == "DRAM counters need a GPU"
         assert sum(k["share"] for k in r["kernels"]) == pytest.approx(1.0)
     # Naive attention as written: two batched products and one softmax per call.

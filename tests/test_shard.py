@@ -18,7 +18,7 @@ from flashbench.sweep.shard import Shard, parse_shard, shard_cases
 CONFIG = SweepConfig(backends=["triton", "sdpa-flash", "sdpa-math", "naive"],
                      seq_len=[512, 2048, 8192], head_dim=[64, 128], causal=[False, True])
 CASES = expand_cases(CONFIG)
-TIMING = CONFIG.timing.model_dump()
+TIMING = CONFIG.timing
 
 
 @pytest.mark.parametrize("text, index, count", [
@@ -59,16 +59,19 @@ def test_the_estimate_ranks_cases_as_their_work_does():
     assert case_seconds(case(mode=Mode.FWD_BWD), TIMING) > base
     # Sampling stops at the budget: a case far longer than the budget costs its min_samples.
     huge = case(backend="naive", batch=64, seq_len=65536, kv_len=65536)
-    kernel = case_seconds(huge, TIMING | {"min_samples": 1}) - \
-        case_seconds(huge, TIMING | {"min_samples": 0})
-    assert kernel > TIMING["budget_ms"] / 1e3  # one sample alone outlasts the budget
+    kernel = case_seconds(huge, _with(min_samples=1)) - case_seconds(huge, _with(min_samples=0))
+    assert kernel > TIMING.budget_ms / 1e3  # one sample alone outlasts the budget
     small = case(batch=1, heads=1, seq_len=128, kv_len=128)
-    assert case_seconds(small, TIMING | {"budget_ms": 50}) == \
-        pytest.approx(case_seconds(small, TIMING | {"budget_ms": 5000}))  # never reached
+    assert case_seconds(small, _with(budget_ms=50)) == \
+        pytest.approx(case_seconds(small, _with(budget_ms=5000)))  # never reached
     long = case(backend="naive", seq_len=12288, kv_len=12288)  # 0.19 s a sample: fills it
-    few = TIMING | {"min_samples": 3}
-    assert case_seconds(long, few | {"budget_ms": 2000}) - case_seconds(long, few) == \
-        pytest.approx(1.0)
+    assert case_seconds(long, _with(min_samples=3, budget_ms=2000)) \
+        - case_seconds(long, _with(min_samples=3)) == pytest.approx(1.0)
+
+
+def _with(**changes):
+    """The sweep's timing with some fields changed (unvalidated: min_samples=0 isolates a term)."""
+    return TIMING.model_copy(update=changes)
 
 
 def test_groups_are_shapes_and_longest_come_first():
@@ -116,7 +119,7 @@ from flashbench.core.config import SweepConfig, expand_cases
 from flashbench.sweep.shard import Shard, shard_cases
 cfg = SweepConfig.model_validate(json.loads(sys.argv[1]))
 print(json.dumps([[c.to_dict() for c in shard_cases(expand_cases(cfg), Shard(i, 5),
-                                                    cfg.timing.model_dump())]
+                                                    cfg.timing)]
                   for i in range(1, 6)]))
 """
 

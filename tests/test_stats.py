@@ -5,7 +5,8 @@ import math
 import pytest
 
 from flashbench.core.stats import median_rse, summarize
-from flashbench.measure.timing import TimingPolicy, time_callable
+from flashbench.core.config import TimingPolicy
+from flashbench.measure.timing import time_callable
 
 
 def test_summarize_known_samples():

@@ -5,8 +5,16 @@ import os
 
 import pytest
 
+from flashbench.core.cases import Case, Mode, Status
 from flashbench.core.errors import UserError
+from flashbench.core.rows import blank_row
 from flashbench.results.store import check_root, create_run, find_run, open_run, read_meta, read_rows
+
+
+def row(n: int) -> dict:
+    """A valid result row of a CPU case of length ``n``."""
+    case = Case("naive", Mode.FWD, 1, 2, 2, n, n, 16, "fp32", False)
+    return json.loads(json.dumps(blank_row(case, "cpu", "hot") | {"status": Status.OK}))
 
 
 def test_rows_are_on_disk_as_soon_as_appended(tmp_path):
@@ -30,10 +38,10 @@ def test_two_runs_never_share_a_folder(tmp_path):
 
 def test_torn_last_line_is_skipped_with_a_warning(tmp_path, capsys):
     f = tmp_path / "results.jsonl"
-    f.write_text('{"a": 1}\n{"a": 2}\n{"a": 3, "b"')
-    assert read_rows(f) == [{"a": 1}, {"a": 2}]
+    f.write_text(f'{json.dumps(row(1))}\n{json.dumps(row(2))}\n{{"backend": "naive", "b"')
+    assert read_rows(f) == [row(1), row(2)]
     assert "torn last line" in capsys.readouterr().err
-    f.write_text('{"a": 1}\nnot json\n{"a": 3}\n')
+    f.write_text(f'{json.dumps(row(1))}\nnot json\n{json.dumps(row(3))}\n')
     with pytest.raises(UserError, match="results.jsonl:2"):
         read_rows(f)
 
@@ -57,14 +65,14 @@ def test_find_run_latest_by_id_and_refusals(tmp_path):
 
 def test_a_torn_last_line_is_cut_before_new_rows(tmp_path):
     run = create_run(tmp_path, "torn")
-    run.append({"a": 1})
+    run.append(row(1))
     run.close()
     with open(run.results_path, "a") as f:
-        f.write('{"a": 2, "b"')  # the writer died here
+        f.write('{"backend": "naive", "b"')  # the writer died here
     assert run.drop_torn_tail() is True
-    run.append({"a": 3})
+    run.append(row(3))
     run.close()
-    assert read_rows(run.path) == [{"a": 1}, {"a": 3}]
+    assert read_rows(run.path) == [row(1), row(3)]
     assert run.drop_torn_tail() is False  # a clean file is left alone
 
 

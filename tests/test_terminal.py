@@ -19,9 +19,9 @@ from rich.console import Console
 from flashbench.results.check import run_check
 from flashbench.results.compare import compare_backends, compare_runs
 from flashbench.output.fit import Column, Grid, fit, long_layout
-from flashbench.output.render import backends_display, key_columns, runs_display, to_grid
 from flashbench.results.store import read_rows
-from flashbench.output.tables import format_ms, sweep_table
+from flashbench.output.formats import milliseconds as format_ms
+from flashbench.output.tables import backends_display, runs_display, sweep_table, to_grid
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "h100-default"
 FLASHBENCH = str(Path(sys.executable).parent / "flashbench")  # the installed console script
@@ -106,7 +106,7 @@ def test_compare_of_five_backends_and_check_fit_whole(default_rows, width):
     five = [r for r in default_rows if r["backend"] in
             ("triton", "sdpa", "sdpa-flash", "sdpa-cudnn", "naive")]
     display = backends_display(compare_backends(five))
-    text, _ = _shown(to_grid(display, "compare", keys=key_columns(display), by_backend=True),
+    text, _ = _shown(to_grid(display, "compare", by_backend=True),
                      width)
     assert "…" not in text and _lines_fit(text, width)
     for col in display.columns:
@@ -115,7 +115,7 @@ def test_compare_of_five_backends_and_check_fit_whole(default_rows, width):
     slower = [dict(r, samples_ms=[s * 1.3 for s in r["samples_ms"]]) if r["backend"] == "naive"
               else r for r in five]
     runs = runs_display(compare_runs(five, slower))
-    text, _ = _shown(to_grid(runs, "check", keys=key_columns(runs)), width)
+    text, _ = _shown(to_grid(runs, "check"), width)
     assert "…" not in text and _lines_fit(text, width)
     assert text.count("regression") >= sum(r["backend"] == "naive" and r["status"] == "ok"
                                            for r in five)

@@ -10,9 +10,14 @@ __all__ = [
     "CASE_FIELDS",
     "DTYPE_BYTES",
     "DTYPES",
+    "FAILED",
     "Case",
     "Mode",
+    "RunStatus",
+    "SHAPE_FIELDS",
     "Status",
+    "case_key",
+    "is_decode_shape",
 ]
 
 
@@ -30,6 +35,22 @@ class Status(StrEnum):
     TIMEOUT = "timeout"
     CRASH = "crash"
     MISMATCH = "mismatch"
+
+
+# The statuses of a case that ran and failed (--strict exits 1 on these); ``unsupported`` and
+# ``oom`` are answers about the case, not failures of the tool.
+FAILED: frozenset[Status] = frozenset({Status.ERROR, Status.MISMATCH, Status.CRASH,
+                                       Status.TIMEOUT})
+
+
+class RunStatus(StrEnum):
+    """A run's status in its meta.json."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    PARTIAL = "partial"  # a merge of some of the shards
 
 
 # Short names users type, and the bytes per element the cost model needs.
@@ -61,7 +82,7 @@ class Case:
     @property
     def is_decode(self) -> bool:
         """A few new query tokens against a longer KV cache: the inference decode step."""
-        return self.seq_len < self.kv_len and self.seq_len <= 16
+        return is_decode_shape(self.seq_len, self.kv_len)
 
     @property
     def seed(self) -> int:
@@ -90,3 +111,17 @@ CASE_FIELDS: tuple[str, ...] = (
     "backend", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim", "dtype",
     "causal",
 )
+# Everything but the backend: cases with the same shape are compared side by side.
+SHAPE_FIELDS: tuple[str, ...] = CASE_FIELDS[1:]
+
+
+def case_key(case: dict) -> tuple:
+    """The identity of a row or a case dict: its case fields, in order."""
+    return tuple(case[f] for f in CASE_FIELDS)
+
+
+def is_decode_shape(seq_len, kv_len):
+    """A few new query tokens (at most 16) against a longer KV cache: the inference decode step.
+
+    Works on numbers and on pandas columns alike."""
+    return (seq_len < kv_len) & (seq_len <= 16)

@@ -11,14 +11,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from flashbench.core import registry
 from flashbench.core.cases import Case, Mode
 from flashbench.core.errors import UserError, did_you_mean
-from flashbench.core.plugins import plugin_backends
-from flashbench.measure.timing import TimingPolicy
 
 __all__ = [
-    "BUILTIN_BACKENDS",
     "SweepConfig",
+    "TimingPolicy",
     "expand_cases",
     "format_validation_error",
     "list_presets",
@@ -27,28 +26,23 @@ __all__ = [
     "validate_config",
 ]
 
-# Known without importing torch, so that bad names are refused before anything heavy runs.
-BUILTIN_BACKENDS: tuple[str, ...] = (
-    "triton", "sdpa", "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", "naive",
-)
-
 # Sizes beyond these are typos, not experiments (a 2^24-token sequence is already 16M tokens).
 _MAX = {"batch": 1 << 16, "heads": 1024, "kv_heads": 1024, "seq_len": 1 << 24,
         "kv_len": 1 << 24, "head_dim": 1024}
 
 
-class TimingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TimingPolicy(BaseModel):
+    """How one case is sampled (flashbench.measure.timing): the config's ``timing`` key, sent
+    to the worker as JSON and read back as this type."""
 
-    l2: Literal["cold", "hot"] = "cold"
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    l2: Literal["cold", "hot"] = "cold"  # cold: a buffer twice the L2 written before each sample
     warmup_ms: float = Field(25.0, ge=0)
-    budget_ms: float = Field(1000.0, gt=0)
+    budget_ms: float = Field(1000.0, gt=0)  # stop sampling after this much, if min_samples are in
     min_samples: int = Field(10, ge=1)
     max_samples: int = Field(1000, ge=1)
-    target_rse: float = Field(0.01, gt=0, lt=1)
-
-    def policy(self) -> TimingPolicy:
-        return TimingPolicy(**self.model_dump())
+    target_rse: float = Field(0.01, gt=0, lt=1)  # stop once the median's relative error is this
 
 
 class SweepConfig(BaseModel):
@@ -70,7 +64,7 @@ class SweepConfig(BaseModel):
     dtype: list[Literal["fp16", "bf16", "fp32"]] = Field(default_factory=lambda: ["bf16"],
                                                         min_length=1)
     causal: list[bool] = Field(default_factory=lambda: [False], min_length=1)
-    timing: TimingConfig = Field(default_factory=TimingConfig)
+    timing: TimingPolicy = Field(default_factory=TimingPolicy)
     # Beyond this a case is a hang: its worker is killed and replaced (at most a day).
     case_timeout_s: float = Field(600.0, gt=0, le=86400)
 
@@ -84,7 +78,7 @@ class SweepConfig(BaseModel):
     @classmethod
     def _known_backends(cls, names: list[str]) -> list[str]:
         # Plugins register their names when loaded, which is why they load before validation.
-        known = (*BUILTIN_BACKENDS, *plugin_backends())
+        known = registry.names()
         for name in names:
             if name not in known:
                 raise ValueError(f"unknown backend {name!r}{did_you_mean(name, known)};"
@@ -108,7 +102,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     kind, msg = first["type"], first["msg"]
     if kind == "extra_forbidden":
         key = str(first["loc"][-1])
-        parent = SweepConfig if len(first["loc"]) == 1 else TimingConfig
+        parent = SweepConfig if len(first["loc"]) == 1 else TimingPolicy
         allowed = list(parent.model_fields)
         return (f"{source}: unknown key {key!r}{did_you_mean(key, allowed)}; "
                 f"allowed keys: {', '.join(allowed)}")
@@ -172,7 +166,7 @@ def load_config(config: str, overrides: dict[str, Any] | None = None) -> SweepCo
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key in TimingConfig.model_fields:
+        if key in TimingPolicy.model_fields:
             data.setdefault("timing", {})
             if isinstance(data["timing"], dict):
                 data["timing"][key] = value

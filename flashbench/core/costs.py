@@ -32,22 +32,17 @@ Conventions (the ones FlashAttention papers and tritonbench use):
 
 from __future__ import annotations
 
-from typing import Literal
-
 from flashbench.core.cases import DTYPE_BYTES, Case, Mode
+from flashbench.core.registry import Algorithm, algorithm_of
 
 __all__ = [
-    "Algorithm",
     "BWD_FACTOR",
     "FWD_BWD_FACTOR",
-    "algorithm_of",
     "attended_pairs",
     "flops",
     "hbm_bytes",
     "materialized_peak_bytes",
 ]
-
-Algorithm = Literal["flash", "naive", "math"]
 
 BWD_FACTOR = 2.5
 FWD_BWD_FACTOR = 3.5
@@ -81,15 +76,6 @@ def flops(case: Case) -> int:
     return int(fwd * factor)
 
 
-def algorithm_of(backend: str) -> Algorithm:
-    """Which traffic model a backend's algorithm follows."""
-    if backend == "naive":
-        return "naive"
-    if backend == "sdpa-math":
-        return "math"
-    return "flash"
-
-
 def _io_bytes(case: Case) -> int:
     """Q, K, V read once and O written once, in the input dtype."""
     e = DTYPE_BYTES[case.dtype]
@@ -103,8 +89,10 @@ def _scores(case: Case) -> int:
     return case.batch * case.heads * case.seq_len * case.kv_len
 
 
-def hbm_bytes(case: Case, algorithm: Algorithm) -> int:
-    """Modelled device-memory bytes of the case's mode (see the module docstring)."""
+def hbm_bytes(case: Case, algorithm: Algorithm | None = None) -> int:
+    """Modelled device-memory bytes of the case's mode (see the module docstring), by the
+    traffic model of ``algorithm`` (default: the one the case's backend is declared with)."""
+    algorithm = algorithm or algorithm_of(case.backend)
     if case.mode is Mode.FWD:
         return _forward_bytes(case, algorithm)
     backward = _backward_bytes(case, algorithm)
@@ -152,12 +140,13 @@ def _forward_bytes(case: Case, algorithm: Algorithm) -> int:
     raise ValueError(f"unknown algorithm {algorithm!r}")
 
 
-def materialized_peak_bytes(case: Case, algorithm: Algorithm) -> int:
+def materialized_peak_bytes(case: Case, algorithm: Algorithm | None = None) -> int:
     """Bytes a materializing algorithm holds at once beyond its inputs (0 for flash).
 
     Used to refuse a case that cannot fit before trying it: both hold S and P in fp32 at once
     during the softmax (naive's 16-bit S copy is freed by then), 8 bytes per score.
     """
+    algorithm = algorithm or algorithm_of(case.backend)
     m = _scores(case)
     e = DTYPE_BYTES[case.dtype]
     out = case.batch * case.heads * case.seq_len * case.head_dim * e

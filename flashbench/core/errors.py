@@ -5,7 +5,14 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-__all__ = ["UserError", "did_you_mean"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "UserError",
+           "did_you_mean", "one_line"]
+
+# Exit codes, as the README documents them.
+EXIT_OK = 0
+EXIT_FAILED = 1  # a failed case under --strict, a regression under check, a sweep that could not go on
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class UserError(Exception):
@@ -16,3 +23,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' when a close match exists, else ''."""
     match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """An exception as one line, its type first: ``RuntimeError: CUDA error: ...``."""
+    text = " ".join(str(exc).split())
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:limit]

@@ -1,13 +1,8 @@
-"""Third-party backends: the ``register_backend`` decorator, plugin files and the entry-point group.
+"""Plugin backends from files (``--plugin FILE``) and installed packages (entry points).
 
-A plugin is a Python module that, when imported, registers attention functions::
-
-    @flashbench.register_backend("my-attention")
-    def my_attention(q, k, v, *, causal: bool, scale: float):
-        ...  # q: (batch, heads, seq, head_dim); k, v: (batch, kv_heads, kv_len, head_dim)
-
-Modules come from ``--plugin FILE`` or from installed packages' ``flashbench.measure.backends`` entry
-points. This module imports neither torch nor the plugins' own dependencies until asked to load.
+Importing a plugin registers its backends with flashbench.core.registry. Anything that goes
+wrong while importing one is the user's: one line naming it, exit code 2, nothing half
+registered. This module imports neither torch nor the plugins' own dependencies until asked.
 """
 
 from __future__ import annotations
@@ -16,82 +11,17 @@ import importlib.util
 import re
 import sys
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
 
+from flashbench.core import registry
 from flashbench.core.errors import UserError
 
-__all__ = [
-    "ENTRY_POINT_GROUP",
-    "PluginBackend",
-    "load_entry_points",
-    "load_plugin_file",
-    "load_plugins",
-    "plugin_backends",
-    "register_backend",
-]
+__all__ = ["ENTRY_POINT_GROUP", "load_entry_points", "load_plugin_file", "load_plugins"]
 
 ENTRY_POINT_GROUP = "flashbench.backends"
 
-Forward = Callable[..., Any]  # (q, k, v, *, causal: bool, scale: float) -> output tensor
-F = TypeVar("F", bound=Forward)
-
-# Names travel through comma-separated flags, table headers and file names.
-_VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-
-
-@dataclass(frozen=True, slots=True)
-class PluginBackend:
-    name: str
-    forward: Forward
-    description: str
-    source: str  # the file or module that registered it, for messages
-
-
-_REGISTERED: dict[str, PluginBackend] = {}
 _LOADED_FILES: set[Path] = set()
 _LOADED_ENTRY_POINTS: set[str] = set()
-
-
-def _source_of(fn: Callable[..., Any]) -> str:
-    module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    return str(getattr(module, "__file__", None) or getattr(fn, "__module__", "?"))
-
-
-def register_backend(name: str, *, description: str | None = None) -> Callable[[F], F]:
-    """Register the decorated ``fn(q, k, v, *, causal, scale) -> out`` as backend ``name``.
-
-    It then runs like a built-in backend: same inputs, correctness check, timing, isolation
-    and reporting. ``description`` defaults to the first line of the function's docstring.
-    """
-    from flashbench.core.config import BUILTIN_BACKENDS
-
-    if not isinstance(name, str) or not _VALID_NAME.match(name):
-        raise ValueError(f"backend name {name!r} must be 1-64 letters, digits or . _ + - "
-                         f"(starting with a letter or digit)")
-    if name in BUILTIN_BACKENDS:
-        raise ValueError(f"backend name {name!r} is a built-in backend; choose another")
-
-    def decorate(fn: F) -> F:
-        if not callable(fn):
-            raise TypeError(f"register_backend({name!r}) decorates a function, got {fn!r}")
-        source = _source_of(fn)
-        known = _REGISTERED.get(name)
-        # The same file loaded again (a resumed run, a test) may re-register its own names.
-        if known is not None and known.source != source:
-            raise ValueError(f"backend {name!r} is already registered by {known.source}")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        text = description or (doc[0] if doc else f"plugin from {Path(source).name}")
-        _REGISTERED[name] = PluginBackend(name, fn, text, source)
-        return fn
-
-    return decorate
-
-
-def plugin_backends() -> dict[str, PluginBackend]:
-    """Every plugin backend registered in this process so far, by name."""
-    return dict(_REGISTERED)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -118,15 +48,14 @@ def load_plugin_file(path: str | Path) -> Path:
         raise UserError(f"--plugin {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # so that the plugin's own pickling and dataclasses work
-    before = dict(_REGISTERED)
+    before = registry.plugin_specs()
     try:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as e:  # whatever the plugin raises, it is the plugin's fault
         del sys.modules[module_name]
-        _REGISTERED.clear()  # nothing half-registered stays behind
-        _REGISTERED.update(before)
+        registry.restore_plugins(before)  # nothing half-registered stays behind
         raise UserError(f"plugin {path} does not import: {_one_line(e)}") from None
-    if _REGISTERED == before:
+    if registry.plugin_specs() == before:
         raise UserError(f"plugin {path} registers no backend "
                         f"(decorate a function with @flashbench.register_backend(\"name\"))")
     _LOADED_FILES.add(file)
@@ -134,7 +63,7 @@ def load_plugin_file(path: str | Path) -> Path:
 
 
 def load_entry_points() -> list[str]:
-    """Import every module named in the ``flashbench.measure.backends`` entry-point group."""
+    """Import every module named in the ``flashbench.backends`` entry-point group."""
     from importlib.metadata import entry_points
 
     loaded = []

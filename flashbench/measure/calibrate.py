@@ -19,12 +19,13 @@ from typing import Any, Callable
 
 from flashbench.core.errors import UserError
 from flashbench.core.stats import summarize
-from flashbench.measure.timing import TimingPolicy, time_callable
+from flashbench.core.config import TimingPolicy
+from flashbench.measure.timing import time_callable
 from flashbench.core.cache import cache_dir, load_entries, store_entry
 
-__all__ = ["CEILING_DTYPES", "CalibrationPlan", "calibrate", "calibration_key", "ceilings_path",
-           "load_ceilings", "measure_copy_gbps", "measure_matmul_tflops", "parse_dtypes",
-           "save_ceilings"]
+__all__ = ["CEILING_DTYPES", "CalibrationPlan", "cached_ceilings", "calibrate", "calibration_key",
+           "calibration_steps", "ceilings_path", "load_ceilings", "measure_copy_gbps",
+           "measure_matmul_tflops", "parse_dtypes", "save_ceilings", "skipped_dtypes"]
 
 # tf32 is fp32 inputs on tensor cores (torch's "high" float32 matmul precision); fp32 is IEEE.
 CEILING_DTYPES = ("bf16", "fp16", "tf32", "fp32")
@@ -135,6 +136,20 @@ def measure_copy_gbps(device, nbytes: int, policy: TimingPolicy) -> float:
     return 2.0 * nbytes / (summarize(samples).median_ms / 1e3) / 1e9
 
 
+def skipped_dtypes(device, dtypes: tuple[str, ...]) -> dict[str, str]:
+    """The dtypes this device cannot be calibrated for, and why: tf32 exists on CUDA only."""
+    return {d: "tf32 tensor cores are a CUDA feature" for d in dtypes
+            if d == "tf32" and device.type != "cuda"}
+
+
+def calibration_steps(device, dtypes: tuple[str, ...],
+                      plan: CalibrationPlan | None = None) -> int:
+    """How many measurements ``calibrate`` makes (for a progress bar)."""
+    plan = plan or CalibrationPlan.for_device(device)
+    measured = [d for d in dtypes if d not in skipped_dtypes(device, dtypes)]
+    return len(measured) * len(plan.matmul_sizes) + 1
+
+
 def calibrate(device, env: dict[str, Any], dtypes: tuple[str, ...] = CEILING_DTYPES,
               plan: CalibrationPlan | None = None,
               step: Callable[[str], None] = lambda label: None) -> dict[str, Any]:
@@ -145,10 +160,9 @@ def calibrate(device, env: dict[str, Any], dtypes: tuple[str, ...] = CEILING_DTY
     """
     plan = plan or CalibrationPlan.for_device(device)
     matmul: dict[str, dict[str, float]] = {}
-    skipped: dict[str, str] = {}
+    skipped = skipped_dtypes(device, dtypes)
     for dtype in dtypes:
-        if dtype == "tf32" and device.type != "cuda":
-            skipped[dtype] = "tf32 tensor cores are a CUDA feature"
+        if dtype in skipped:
             continue
         rates = {}
         for n in plan.matmul_sizes:
@@ -171,3 +185,12 @@ def calibrate(device, env: dict[str, Any], dtypes: tuple[str, ...] = CEILING_DTY
         "copy_bytes": plan.copy_bytes,
         "skipped": skipped,
     }
+
+
+def cached_ceilings(env: dict[str, Any]) -> dict[str, Any]:
+    """This machine's cached calibration (``calibrate --show``); bad input when there is none."""
+    record = env.get("ceilings")
+    if record is None:
+        raise UserError(f"no calibration cached for {calibration_key(env)} in "
+                        f"{ceilings_path()}; run `flashbench calibrate`")
+    return record

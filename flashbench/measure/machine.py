@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import flashbench
-from flashbench.measure import telemetry
+from flashbench.core import nvml as telemetry
+from flashbench.core.source import source_commit
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["capture_environment", "environment_items", "git_commit"]
+__all__ = ["capture_environment", "git_commit"]
 
 
 def git_commit() -> str | None:
-    """The commit of the checkout flashbench runs from (None for an installed wheel).
-
-    FLASHBENCH_GIT_COMMIT overrides it, for a copy of a checkout without its .git folder.
-    """
-    if os.environ.get("FLASHBENCH_GIT_COMMIT"):
-        return os.environ["FLASHBENCH_GIT_COMMIT"]
-    here = Path(flashbench.__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=5).stdout.strip()
-    return out.stdout.strip() + ("-dirty" if dirty else "")
+    """The commit of the flashbench source that runs (flashbench.core.source), or None."""
+    return source_commit(Path(flashbench.__file__).resolve().parent)
 
 
 def _triton_version() -> str | None:
@@ -128,25 +112,3 @@ def capture_environment(device: torch.device) -> dict[str, Any]:
     env["ceilings"] = load_ceilings(env)
     env["missing"] = _missing(env)
     return env
-
-
-def _ceilings_line(record: dict[str, Any]) -> str:
-    rates = " · ".join(f"{d} {v:,.1f} TFLOP/s" for d, v in record["matmul_tflops"].items())
-    return (f"{rates} · copy {record['copy_gbps']:,.0f} GB/s "
-            f"(calibrated {record.get('calibrated_at', '?')})")
-
-
-def environment_items(env: dict[str, Any]) -> list[tuple[str, Any]]:
-    """An environment record as (label, value) lines for a table: nested parts spelled out
-    as text, the rest as recorded."""
-    items: list[tuple[str, Any]] = []
-    for key, value in env.items():
-        if key == "backends" and isinstance(value, dict):
-            items += [(f"backend {name}", state) for name, state in value.items()]
-        elif key == "ceilings":
-            items.append((key, _ceilings_line(value) if isinstance(value, dict) else "–"))
-        elif key == "missing" and isinstance(value, list):
-            items += [("missing", line) for line in value]
-        else:
-            items.append((key, value))
-    return items

@@ -20,20 +20,20 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from flashbench.core.cases import Case
+from flashbench.core.cases import Case, Status
 from flashbench.core.config import expand_cases, validate_config
 from flashbench.core.errors import UserError
-from flashbench.sweep.executors import python_module_command
+from flashbench.core.subprocesses import python_module_command
 
-__all__ = ["DEFAULT_PROFILE", "NCU_METRICS", "PROFILE_FILE", "find_ncu", "kernels_table",
+__all__ = ["DEFAULT_PROFILE", "NCU_METRICS", "PROFILE_FILE", "Profile", "find_ncu",
            "ncu_command", "parse_ncu_csv", "profile_case", "profile_cases", "profile_kernels",
-           "save_profile", "summary_table"]
+           "run_profile", "save_profile"]
 
 PROFILE_FILE = "profile.json"
 
@@ -183,11 +183,12 @@ def profile_case(case: Case, device, *, ncu: str | None, reps: int = 3,
                  ncu_timeout_s: float = 300.0) -> dict[str, Any]:
     """One backend's profile of ``case``: status, kernels, modelled and (with ncu) measured bytes."""
     from flashbench.core import costs
-    from flashbench.measure.case import Refused, case_call, one_line
+    from flashbench.core.errors import one_line
+    from flashbench.measure.case import Refused, case_call
 
     result: dict[str, Any] = case.to_dict() | {
-        "status": "ok", "error": None, "device": str(device),
-        "hbm_bytes": costs.hbm_bytes(case, costs.algorithm_of(case.backend)),
+        "status": Status.OK, "error": None, "device": str(device),
+        "hbm_bytes": costs.hbm_bytes(case),
         "kind": "gpu-kernel" if device.type == "cuda" else "cpu-op",
         "kernels": [], "gpu_us_per_call": None, "wall_us_per_call": None, "dram_read_bytes": None,
         "dram_write_bytes": None, "dram_bytes": None, "measured_over_model": None,
@@ -201,9 +202,9 @@ def profile_case(case: Case, device, *, ncu: str | None, reps: int = 3,
             result["gpu_us_per_call"] = sum(k["us_per_call"] for k in result["kernels"])
         del run
     except Refused as e:
-        return result | {"status": "unsupported", "error": str(e)}
+        return result | {"status": Status.UNSUPPORTED, "error": str(e)}
     except Exception as e:  # this backend's failure is its row; the others are still profiled
-        return result | {"status": "error", "error": one_line(e)}
+        return result | {"status": Status.ERROR, "error": one_line(e)}
     finally:
         import gc
 
@@ -248,58 +249,31 @@ def save_profile(out_root: Path, results: list[dict[str, Any]], meta: dict[str, 
     return run.path
 
 
-def _gb(n: float | None) -> str:
-    return "–" if n is None else f"{n / 1e9:,.3f}"
+@dataclass
+class Profile:
+    path: Path  # the profile's folder
+    results: list[dict[str, Any]]  # one per backend
+    meta: dict[str, Any]
 
 
-def summary_table(results: list[dict[str, Any]], title: str):
-    """Per backend: what ran, time per call, modelled against measured DRAM bytes."""
-    from flashbench.output.fit import Column, Grid
+def run_profile(cases: list[Case], device, *, out: Path, ncu: str | None, reps: int,
+                command: list[str], log: Callable[[str], None] = lambda line: None) -> Profile:
+    """Profile one shape's cases (profile_cases) on ``device`` and save it under ``out``;
+    ``log`` hears a line per backend as it starts."""
+    import time
 
-    def col(header: str, values: list[str], **kw: Any) -> Column:
-        return Column(header, values, **kw)
+    from flashbench.measure.machine import capture_environment
+    from flashbench.results.store import check_root
 
-    def time_cell(r: dict[str, Any]) -> str:
-        us = r["wall_us_per_call"] if r["kind"] == "cpu-op" else r["gpu_us_per_call"]
-        return "–" if us is None else f"{us:,.1f}"
-
-    ratios = [r["measured_over_model"] for r in results]
-    cpu = any(r["kind"] == "cpu-op" for r in results)
-    return Grid(title, [col("backend", [r["backend"] for r in results], justify="left")], [("", [
-        col("status", [r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error'] or ''}"
-                       for r in results], justify="left", fold=True),
-        col("kernels" if not cpu else "ops", [str(len(r["kernels"])) for r in results]),
-        col("launches", [f"{sum(k['launches_per_call'] for k in r['kernels']):g}"
-                         for r in results]),
-        col("time/call µs", [time_cell(r) for r in results]),
-        col("model GB", [_gb(r["hbm_bytes"]) for r in results]),
-        col("read GB", [_gb(r["dram_read_bytes"]) for r in results]),
-        col("write GB", [_gb(r["dram_write_bytes"]) for r in results]),
-        col("measured GB", [_gb(r["dram_bytes"]) for r in results]),
-        col("measured/model", ["–" if x is None else f"{x:.2f}" for x in ratios])])],
-        caption=("time/call: wall time of one call (on a CPU; its aten operators are listed "
-                 "below) · " if cpu else "time/call: GPU time of the call's kernels · ")
-        + "GB: 10⁹ bytes per call · model: flashbench's hbm_bytes for the backend's algorithm"
-        + ("" if cpu else " · measured: ncu dram__bytes_read.sum + dram__bytes_write.sum over "
-                          "every kernel of one call, caches flushed before each kernel"))
-
-
-def kernels_table(results: list[dict[str, Any]], limit: int = 8):
-    """The kernels of each backend, slowest first (at most ``limit`` each)."""
-    from flashbench.output.fit import Column, Grid
-
-    lines: list[tuple[str, str, str, str, str]] = []
-    for r in results:
-        for k in r["kernels"][:limit]:
-            lines.append((r["backend"], k["kernel"], f"{k['launches_per_call']:g}",
-                          f"{k['us_per_call']:,.1f}", f"{k['share']:.0%}"))
-        if len(r["kernels"]) > limit:
-            lines.append((r["backend"], f"... {len(r['kernels']) - limit} more in kernels.csv",
-                          "", "", ""))
-    columns = [list(c) for c in zip(*lines)] if lines else [[] for _ in range(5)]
-    title = "kernels per call" if not any(r["kind"] == "cpu-op" for r in results) \
-        else "aten operators per call (self CPU time)"
-    return Grid(title, [Column("backend", columns[0], justify="left")],
-                [("", [Column("kernel", columns[1], justify="left", fold=True),
-                       Column("launches", columns[2]), Column("µs", columns[3]),
-                       Column("share", columns[4])])])
+    check_root(out)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    results = []
+    for case in cases:
+        log(f"profiling {case.label()}" + (" (+ ncu)" if ncu else ""))
+        results.append(profile_case(case, device, ncu=ncu, reps=reps))
+    meta = {"kind": "profile", "status": "completed", "started_at": started,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
+            "ncu": ncu, "reps": reps,
+            "case": {k: v for k, v in cases[0].to_dict().items() if k != "backend"},
+            "backends": [c.backend for c in cases], "environment": capture_environment(device)}
+    return Profile(save_profile(out, results, meta), results, meta)

@@ -14,7 +14,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     from flashbench.core.cases import Case
-    from flashbench.measure.case import case_call, select_device
+    from flashbench.measure.case import case_call
+    from flashbench.measure.device import select_device
 
     case = Case.from_dict(json.loads(argv[0]))
     device = select_device("cuda")

@@ -1,5 +1,7 @@
 """NVML telemetry: the card's clocks, power, temperature, throttling and memory during a case.
 
+What a run's rows say about clocks, taken together, is flashbench.results.clocks.
+
 No NVML (no driver, no GPU) is not an error: every function here returns None or an empty
 summary, and the row's telemetry fields stay empty.
 """
@@ -10,16 +12,10 @@ import statistics
 import threading
 from typing import Any
 
-__all__ = ["CLOCK_DEVIATION", "TELEMETRY_FIELDS", "TelemetrySampler", "decode_throttle",
-           "memory_used_bytes", "nvml_error", "nvml_handle", "nvml_module", "off_clock",
-           "run_clock", "telemetry_notes"]
+from flashbench.core.nvml import nvml_module
+from flashbench.core.rows import FIELD_GROUPS
 
-TELEMETRY_FIELDS = ("sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "throttle",
-                    "nvml_mem_util_pct", "gpu_mem_used_bytes")
-
-# A case whose median SM clock differs from the run's median clock by more than this share is
-# marked: its time is not comparable with its neighbours' (a boost that ended, a power cap).
-CLOCK_DEVIATION = 0.03
+__all__ = ["TelemetrySampler", "decode_throttle", "memory_used_bytes"]
 
 # nvmlClocksEventReasons bits (nvml.h); "gpu_idle" is left out of a case's summary because the
 # card idles between synchronizations of the timing loop, which is not throttling.
@@ -34,49 +30,6 @@ _THROTTLE_BITS: dict[int, str] = {
     0x80: "hw_power_brake_slowdown",
     0x100: "display_clock_setting",
 }
-
-_init_lock = threading.Lock()
-_initialized: bool | None = None
-_init_error: str | None = None
-
-
-def nvml_module():
-    """The pynvml module after nvmlInit, or None when NVML cannot start here (nvml_error says why)."""
-    global _initialized, _init_error
-    with _init_lock:
-        if _initialized is None:
-            try:
-                import pynvml
-
-                pynvml.nvmlInit()
-                _initialized = True
-            except Exception as e:  # ImportError, or NVMLError when there is no driver: no telemetry
-                _initialized = False
-                _init_error = f"{type(e).__name__}: {e}"
-    if not _initialized:
-        return None
-    import pynvml
-
-    return pynvml
-
-
-def nvml_error() -> str | None:
-    """Why NVML is not available here, or None when it is."""
-    return None if nvml_module() is not None else _init_error
-
-
-def nvml_handle(uuid: str | None = None, index: int = 0) -> Any | None:
-    """The NVML handle of a GPU, by UUID when known (CUDA and NVML may number GPUs differently)."""
-    nvml = nvml_module()
-    if nvml is None:
-        return None
-    try:
-        if uuid:
-            return nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
-        return nvml.nvmlDeviceGetHandleByIndex(index)
-    except nvml.NVMLError:
-        return None
-
 
 def memory_used_bytes(handle: Any | None) -> int | None:
     nvml = nvml_module()
@@ -114,7 +67,7 @@ def _read(nvml, handle) -> dict[str, float | int]:
 class TelemetrySampler:
     """Polls NVML on a background thread while a block runs; ``summary()`` gives row fields."""
 
-    EMPTY = dict.fromkeys(TELEMETRY_FIELDS)
+    EMPTY = dict.fromkeys(FIELD_GROUPS["telemetry"])
 
     def __init__(self, handle: Any | None, interval_s: float = 0.01):
         self._handle = handle
@@ -159,35 +112,3 @@ class TelemetrySampler:
             "nvml_mem_util_pct": round(statistics.fmean(s["mem_util"] for s in self._samples), 1),
             "gpu_mem_used_bytes": max(s["mem_used"] for s in self._samples),
         }
-
-
-def run_clock(rows: list[dict[str, Any]]) -> float | None:
-    """The median SM clock of a run's cases, or None without telemetry."""
-    clocks = [r["sm_clock_mhz"] for r in rows if r.get("sm_clock_mhz")]
-    return statistics.median(clocks) if clocks else None
-
-
-def off_clock(row: dict[str, Any], clock: float | None) -> bool:
-    """Whether a case throttled or ran at a clock more than CLOCK_DEVIATION from ``clock``."""
-    if row.get("throttle"):
-        return True
-    sm = row.get("sm_clock_mhz")
-    return bool(sm and clock and abs(sm - clock) / clock > CLOCK_DEVIATION)
-
-
-def telemetry_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """One line per throttle reason seen and one for clocks off the run's median, if any."""
-    clock = run_clock(rows)
-    notes: list[str] = []
-    reasons: dict[str, int] = {}
-    for r in rows:
-        for name in filter(None, (r.get("throttle") or "").split(";")):
-            reasons[name] = reasons.get(name, 0) + 1
-    notes += [f"telemetry: {n} case(s) saw {name}" for name, n in sorted(reasons.items())]
-    stray = [r for r in rows if not r.get("throttle") and off_clock(r, clock)]
-    if stray:
-        clocks = sorted(r["sm_clock_mhz"] for r in stray)
-        notes.append(f"telemetry: {len(stray)} case(s) ran at an SM clock more than "
-                     f"{CLOCK_DEVIATION:.0%} off the run's median {clock:.0f} MHz "
-                     f"({clocks[0]:.0f}–{clocks[-1]:.0f} MHz)")
-    return notes

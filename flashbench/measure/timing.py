@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
+from flashbench.core.config import TimingPolicy
 from flashbench.core.stats import median_rse
 
-__all__ = ["L2Mode", "TimingPolicy", "time_callable"]
-
-L2Mode = Literal["cold", "hot"]
+__all__ = ["time_callable"]
 
 _CPU_FLUSH_BYTES = 64 << 20  # larger than the last-level cache of common server CPUs
 _MIN_SAMPLES_HARD = 3  # even a case slower than the budget gets this many samples
-
-
-@dataclass(frozen=True, slots=True)
-class TimingPolicy:
-    l2: L2Mode = "cold"
-    warmup_ms: float = 25.0
-    budget_ms: float = 1000.0
-    min_samples: int = 10
-    max_samples: int = 1000
-    target_rse: float = 0.01
 
 
 def _should_stop(samples: list[float], started: float, policy: TimingPolicy) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flashbench.measure.machine import environment_items
+from flashbench.output.machine import environment_items
 
 __all__ = ["render_html"]
 

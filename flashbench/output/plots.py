@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from flashbench.core.config import BUILTIN_BACKENDS
+from flashbench.core.cases import is_decode_shape
+from flashbench.core.registry import builtin_names
 from flashbench.core.roofline import attainable_tflops, peak_tflops, ridge_intensity
 
 __all__ = ["make_plots"]
@@ -32,10 +33,11 @@ _FACET_FIELDS = ("mode", "dtype", "batch", "heads", "kv_heads", "head_dim", "cau
 
 def _backend_colors(backends: list[str]) -> dict[str, str]:
     """A fixed colour per built-in backend (the same in every run), then the rest in order."""
-    colors = {b: _PALETTE[i] for i, b in enumerate(BUILTIN_BACKENDS)}
+    builtins = builtin_names()
+    colors = {b: _PALETTE[i] for i, b in enumerate(builtins)}
     extra = [b for b in dict.fromkeys(backends) if b not in colors]
     for i, b in enumerate(extra):
-        colors[b] = _PALETTE[(len(BUILTIN_BACKENDS) + i) % len(_PALETTE)]
+        colors[b] = _PALETTE[(len(builtins) + i) % len(_PALETTE)]
     present = set(backends)
     return {b: c for b, c in colors.items() if b in present}  # legend order: as registered
 
@@ -306,7 +308,8 @@ def make_plots(frame: pd.DataFrame, out_dir: Path, gpu_name: str,
     """Write headline, latency, TFLOP/s, memory, decode and roofline PNGs into ``out_dir``;
     return those written.
 
-    Only rows with a median are drawn; headline.png needs two backends timed on one shape. memory.png needs allocator figures (none on a CPU run)
+    Only rows with a median are drawn; headline.png needs two backends timed on one shape.
+    memory.png needs allocator figures (none on a CPU run)
     and decode.png needs decode shapes; each is skipped when there is nothing to draw.
     roofline.png draws the roofs from ``ceilings`` (flashbench calibrate's record), the points
     alone without it.
@@ -317,7 +320,7 @@ def make_plots(frame: pd.DataFrame, out_dir: Path, gpu_name: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = _backend_colors(list(data["backend"]))
     prefill = data[data["seq_len"] == data["kv_len"]]
-    decode = data[(data["seq_len"] < data["kv_len"]) & (data["seq_len"] <= 16)]
+    decode = data[is_decode_shape(data["seq_len"], data["kv_len"])]
     length = "sequence length N (tokens)"
 
     def linear_from_zero(ax: Axes) -> None:

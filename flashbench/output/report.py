@@ -9,13 +9,17 @@ from typing import Any
 
 import pandas as pd
 
-from flashbench.results.compare import SHAPE_FIELDS, compare_backends
+from flashbench.core.cases import SHAPE_FIELDS, Status
+from flashbench.results.compare import compare_backends
 from flashbench.core.errors import UserError
-from flashbench.output.render import backends_display, fixed_shape, format_cell, legend, markdown_table
-from flashbench.output.tables import results_frame, shape_label, varying_shape_fields
-from flashbench.measure.telemetry import off_clock, run_clock
+from flashbench.output.formats import milliseconds, number, shape_value
+from flashbench.output.machine import ceilings_text
+from flashbench.output.tables import (backends_display, fixed_shape, legend, markdown_table,
+                                      results_frame, varying_shape_fields)
+from flashbench.results.clocks import off_clock, run_clock
 
-__all__ = ["FORMATS", "PLOT_HINT", "headline_table", "machine_table", "render_report"]
+__all__ = ["FORMATS", "PLOT_HINT", "headline_table", "machine_table", "plots_available",
+           "render_comparison", "render_report"]
 
 FORMATS = ("csv", "markdown", "json", "html")
 # The columns of the HTML page's full table; the CSV keeps every field.
@@ -41,6 +45,13 @@ PLOT_HINT = ('plots need matplotlib: pip install matplotlib (or, in the flashben
              'pip install ".[plot]")')
 
 
+def plots_available() -> bool:
+    """Whether matplotlib is installed (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _plots(rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> list[Path]:
     try:
         from flashbench.output.plots import make_plots
@@ -61,8 +72,8 @@ def machine_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     clock = run_clock(timed)
     out = []
     for r in timed:
-        line = {f: shape_label(f, r[f]) for f in fields}
-        line |= {label: format_cell(r.get(key), digits) for key, label, digits in _MACHINE_COLUMNS}
+        line = {f: shape_value(f, r[f]) for f in fields}
+        line |= {label: number(r.get(key), digits) for key, label, digits in _MACHINE_COLUMNS}
         line["throttle"] = (r.get("throttle") or "") + ("!" if off_clock(r, clock) else "")
         out.append(line)
     return pd.DataFrame(out)
@@ -77,24 +88,48 @@ def headline_table(side_by_side: pd.DataFrame) -> pd.DataFrame:
     out = []
     for record in side_by_side.to_dict("records"):
         times = sorted((record[f"{b}:median_ms"], b) for b in backends
-                       if record[f"{b}:status"] == "ok" and record[f"{b}:median_ms"])
+                       if record[f"{b}:status"] == Status.OK and record[f"{b}:median_ms"])
         if len(times) < 2:
             continue
         (best, winner), (second, runner_up) = times[0], times[1]
-        line = {f: shape_label(f, record[f]) for f in fields}
-        line |= {"fastest": winner, "median ms": format_cell(best, 4), "next": runner_up,
+        line = {f: shape_value(f, record[f]) for f in fields}
+        line |= {"fastest": winner, "median ms": milliseconds(best), "next": runner_up,
                  "next / fastest": f"{second / best:.2f}×"}
         out.append(line)
     return pd.DataFrame(out)
 
 
-def _ceilings_line(env: dict[str, Any]) -> str:
-    record = env.get("ceilings")
-    if not record:
-        return "Not calibrated: no % of peak (run `flashbench calibrate` on the machine)."
-    rates = ", ".join(f"{d} {v:,.4g} TFLOP/s" for d, v in record["matmul_tflops"].items())
-    return (f"Ceilings (flashbench calibrate, {record.get('calibrated_at')}): matmul {rates}; "
-            f"copy {record['copy_gbps']:,.0f} GB/s.")
+def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any], side_by_side: pd.DataFrame,
+              display: pd.DataFrame) -> str:
+    env = meta.get("environment", {})
+    return (f"# flashbench run {meta.get('run_id', '')} on {_where(meta)}\n\n"
+            f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
+            f"driver {env.get('driver')}, commit {env.get('git_commit')}; "
+            f"{fixed_shape(side_by_side)}\n\n"
+            f"{markdown_table(display)}\n{legend(display)}\n\n"
+            f"## Each case against the card\n\nCeilings: {ceilings_text(env.get('ceilings'))}."
+            f"\n\n{markdown_table(machine_table(rows))}\n"
+            "% peak: of the calibrated matmul rate of the dtype (fp32 against tf32) and of "
+            "the copy bandwidth · FLOP/B: FLOPs per modelled HBM byte · SM MHz, W, °C: "
+            "NVML during the timed samples · !: clock more than 3% off the run's median\n")
+
+
+def _html(rows: list[dict[str, Any]], meta: dict[str, Any], side_by_side: pd.DataFrame,
+          display: pd.DataFrame, plot_dir: Path | None, images: list[Path]) -> str:
+    from flashbench.output.html import render_html
+
+    frame = results_frame(rows)
+    parts = {"sections": [("Each case, backends side by side", display)],
+             "headline": headline_table(side_by_side),
+             "appendix": [("Every row, every measured field",
+                           frame[[c for c in _HTML_COLUMNS if c in frame]])]}
+    if plot_dir is not None:
+        return render_html(meta, images=images, **parts)
+    try:  # without --plot, the page still embeds plots when it can, and says why not
+        with tempfile.TemporaryDirectory() as tmp:
+            return render_html(meta, images=_plots(rows, meta, Path(tmp)), **parts)
+    except UserError as e:
+        return render_html(meta, images=[], plots_note=f"No plots: {e}.", **parts)
 
 
 def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str,
@@ -108,32 +143,15 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str,
     side_by_side = compare_backends(rows)
     display = backends_display(side_by_side)
     if fmt == "markdown":
-        env = meta.get("environment", {})
-        text = (f"# flashbench run {meta.get('run_id', '')} on {_where(meta)}\n\n"
-                f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
-                f"driver {env.get('driver')}, commit {env.get('git_commit')}; "
-                f"{fixed_shape(side_by_side)}\n\n"
-                f"{markdown_table(display)}\n{legend(display)}\n\n"
-                f"## Each case against the card\n\n{_ceilings_line(env)}\n\n"
-                f"{markdown_table(machine_table(rows))}\n"
-                "% peak: of the calibrated matmul rate of the dtype (fp32 against tf32) and of "
-                "the copy bandwidth · FLOP/B: FLOPs per modelled HBM byte · SM MHz, W, °C: "
-                "NVML during the timed samples · !: clock more than 3% off the run's median\n")
-        return text, images
-    if fmt == "html":
-        from flashbench.output.html import render_html
+        return _markdown(rows, meta, side_by_side, display), images
+    return _html(rows, meta, side_by_side, display, plot_dir, images), images
 
-        frame = results_frame(rows)
-        parts = {"sections": [("Each case, backends side by side", display)],
-                 "headline": headline_table(side_by_side),
-                 "appendix": [("Every row, every measured field",
-                               frame[[c for c in _HTML_COLUMNS if c in frame]])]}
-        if plot_dir is not None:
-            return render_html(meta, images=images, **parts), images
-        try:  # without --plot, the page still embeds plots when it can, and says why not
-            with tempfile.TemporaryDirectory() as tmp:
-                images = _plots(rows, meta, Path(tmp))
-                return render_html(meta, images=images, **parts), []
-        except UserError as e:
-            return render_html(meta, images=[], plots_note=f"No plots: {e}.", **parts), []
-    raise UserError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+
+def render_comparison(frame: pd.DataFrame, display: pd.DataFrame, title: str, caption: str,
+                      fmt: str) -> str:
+    """A comparison (``compare``'s frame and its display strings) as CSV, JSON or Markdown."""
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    if fmt == "json":
+        return frame.to_json(orient="records", indent=1) + "\n"
+    return f"{title}\n\n{markdown_table(display)}\n{caption}\n"

@@ -1,4 +1,9 @@
-"""Rows as tables: a flat pandas frame, and the Rich sweep table (cases down, backends across)."""
+"""Rows as tables: the flat frame, the sweep table, the comparison tables, and Markdown.
+
+Every table is built as data here (a ``Grid``, or a frame of display strings); flashbench.output.fit
+fits a Grid to the terminal. Cells carry the same marks everywhere: ``*`` fastest, ``~`` noisy,
+``!`` throttled or off the run's clock, ``✗`` result outside tolerance.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,26 @@ from typing import Any, Iterable
 import pandas as pd
 from rich.text import Text
 
-from flashbench.core.cases import CASE_FIELDS
+from flashbench.core.cases import SHAPE_FIELDS, Status
+from flashbench.core.rows import by_shape
 from flashbench.output.fit import Column, Grid
-from flashbench.measure.telemetry import off_clock, run_clock
+from flashbench.output.formats import (binary_size, is_missing, milliseconds, number,
+                                       shape_value, speedup)
+from flashbench.results.clocks import off_clock, run_clock
 
-__all__ = ["failure_notes", "format_bytes", "format_ms", "format_number", "results_frame",
-           "shape_label", "sweep_table", "varying_shape_fields"]
+__all__ = ["SHAPE_FIELDS", "backends_display", "failure_notes", "fixed_shape", "key_columns",
+           "legend", "markdown_table", "results_frame", "runs_display", "sweep_table",
+           "to_grid", "varying_shape_fields"]
 
-_SHAPE_FIELDS = tuple(f for f in CASE_FIELDS if f != "backend")
-_STATUS_MARK = {"unsupported": ("n/a", "dim"), "oom": ("OOM", "bold red"),
-                "error": ("error", "bold red"), "timeout": ("timeout", "bold red"),
-                "crash": ("crash", "bold red")}
+FASTEST, NOISY, THROTTLED, MISMATCH = "*", "~", "!", "✗"
+_MARK_TEXT = ((FASTEST, "* fastest"), (NOISY, "~ noisy (IQR/median > 5%)"),
+              (THROTTLED, "! throttled or SM clock off the run's median"),
+              (MISMATCH, "✗ result outside tolerance"))
+_STATUS_MARK = {Status.UNSUPPORTED: ("n/a", "dim"), Status.OOM: ("OOM", "bold red"),
+                Status.ERROR: ("error", "bold red"), Status.TIMEOUT: ("timeout", "bold red"),
+                Status.CRASH: ("crash", "bold red")}
+_VERDICT_STYLE = {"regression": "bold red", "status-regression": "bold red", "missing": "red",
+                  "improvement": "bold green", "status-improvement": "green", "new": "cyan"}
 
 
 def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -29,104 +43,210 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return frame
 
 
-def format_bytes(n: float | None) -> str:
-    """Compact binary units for table cells: 512K, 16.5M, 74.3G."""
-    if n is None or pd.isna(n):
-        return "–"
-    for unit, size in (("G", 2**30), ("M", 2**20), ("K", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{int(n)}B"
-
-
-def format_number(value: float | None) -> str:
-    """Three significant digits, grouped thousands: 612, 45.3, 0.0123."""
-    if value is None or pd.isna(value):
-        return "–"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-
-
-def format_ms(value: float) -> str:
-    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
-
-
-def shape_label(field: str, value: Any) -> str:
-    """A shape value as a table shows it (causal as causal/full)."""
-    if field == "causal":
-        return "causal" if value else "full"
-    return str(value)
-
-
 def varying_shape_fields(rows: list[dict[str, Any]]) -> list[str]:
     """Shape fields that differ between rows; kv_len and kv_heads only where they differ
     from seq_len and heads (otherwise they repeat those columns)."""
-    varying = [f for f in _SHAPE_FIELDS if len({r[f] for r in rows}) > 1]
+    varying = [f for f in SHAPE_FIELDS if len({r[f] for r in rows}) > 1]
     for derived, base in (("kv_len", "seq_len"), ("kv_heads", "heads")):
         if derived in varying and all(r[derived] == r[base] for r in rows):
             varying.remove(derived)
     return varying
 
 
+def _legend(marks: Iterable[str], extra: Iterable[str] = ()) -> str:
+    shown = set(marks)
+    return " · ".join([*extra, *(text for mark, text in _MARK_TEXT if mark in shown)])
+
+
+def _ms_cell(median: float, marks: str) -> Text:
+    style = "bold red" if MISMATCH in marks else "bold green" if FASTEST in marks else ""
+    return Text(milliseconds(median) + marks.replace(MISMATCH, f" {MISMATCH}"), style=style)
+
+
+def _sweep_cells(r: dict[str, Any] | None, fastest: float | None, clock: float | None,
+                 metrics: list[tuple[str, str | None]], seen: set[str]) -> list[Text | str]:
+    """One backend's cells of one case: ms with its marks, then the rates."""
+    line: list[Text | str] = [""] * len(metrics)
+    if r is None:
+        return line
+    if r["status"] not in (Status.OK, Status.MISMATCH):
+        text, style = _STATUS_MARK.get(r["status"], (r["status"], "red"))
+        line[0] = Text(text, style=style)
+        return line
+    marks = (FASTEST if r["median_ms"] == fastest else "") \
+        + (THROTTLED if off_clock(r, clock) else "") \
+        + (MISMATCH if r["status"] == Status.MISMATCH else "")
+    seen.update(marks)
+    values = {"tflops": number(r["tflops"], missing="–"),
+              "gbps": number(r["gbps"], missing="–"),
+              "peak_alloc_bytes": binary_size(r["peak_alloc_bytes"], compact=True, missing="–")}
+    return [_ms_cell(r["median_ms"], marks), *(values[k] for _, k in metrics[1:] if k)]
+
+
 def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Grid:
     """Cases down, backends across (median ms, TFLOP/s, GB/s, peak memory); fastest marked *."""
     backends = list(dict.fromkeys(r["backend"] for r in rows))
-    fixed = [f for f in _SHAPE_FIELDS if len({r[f] for r in rows}) == 1]
     varying = varying_shape_fields(rows)
     # Peak memory is a CUDA allocator figure: no column where no row has it (a CPU run).
-    metrics = [("ms", None), ("TFLOP/s", "tflops"), ("GB/s", "gbps"), ("mem", "peak_alloc_bytes")]
-    metrics = [(label, key) for label, key in metrics
+    metrics = [(label, key) for label, key in (("ms", None), ("TFLOP/s", "tflops"),
+                                               ("GB/s", "gbps"), ("mem", "peak_alloc_bytes"))
                if key is None or any(r.get(key) is not None for r in rows)]
-    subtitle = " ".join(f"{f}={shape_label(f, rows[0][f])}" for f in fixed)
-
     clock = run_clock(rows)
-    by_shape: dict[tuple, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        by_shape.setdefault(tuple(r[f] for f in _SHAPE_FIELDS), {})[r["backend"]] = r
     keys = [Column(f, [], style="cyan") for f in varying]
     groups = [(b, [Column(label, []) for label, _ in metrics]) for b in backends]
-    seen = set()
-    for key, cells in by_shape.items():
-        shape = dict(zip(_SHAPE_FIELDS, key))
-        timed = [r["median_ms"] for r in cells.values() if r["status"] == "ok"]
-        # The fastest is marked only where there is a choice.
-        fastest = min(timed) if len(timed) > 1 else None
+    seen: set[str] = set()
+    for key, cells in by_shape(rows).items():
+        shape = dict(zip(SHAPE_FIELDS, key))
+        timed = [r["median_ms"] for r in cells.values() if r["status"] == Status.OK]
+        fastest = min(timed) if len(timed) > 1 else None  # marked only where there is a choice
         for col, f in zip(keys, varying):
-            col.cells.append(shape_label(f, shape[f]))
+            col.cells.append(shape_value(f, shape[f]))
         for b, cols in groups:
-            r = cells.get(b)
-            line: list[Text | str] = [""] * len(metrics)
-            if r is not None and r["status"] in ("ok", "mismatch"):
-                marks = ("*" if r["median_ms"] == fastest else "") \
-                    + ("!" if off_clock(r, clock) else "") \
-                    + (" ✗" if r["status"] == "mismatch" else "")
-                seen.update(m for m in ("*", "!", "✗") if m in marks)
-                style = "bold red" if r["status"] == "mismatch" else \
-                    "bold green" if r["median_ms"] == fastest else ""
-                values = {"tflops": format_number(r["tflops"]), "gbps": format_number(r["gbps"]),
-                          "peak_alloc_bytes": format_bytes(r["peak_alloc_bytes"])}
-                line = [Text(format_ms(r["median_ms"]) + marks, style=style),
-                        *(values[k] for _, k in metrics[1:])]
-            elif r is not None:
-                text, style = _STATUS_MARK.get(r["status"], (r["status"], "red"))
-                line[0] = Text(text, style=style)
-            for col, cell in zip(cols, line):
+            for col, cell in zip(cols, _sweep_cells(cells.get(b), fastest, clock, metrics, seen)):
                 col.cells.append(cell)
-    legend = ["ms: median latency"]
-    if any(label == "mem" for label, _ in metrics):
-        legend.append("mem: peak allocated beyond the inputs (binary units)")
-    legend += [text for mark, text in (("*", "* fastest"), ("✗", "✗ result outside tolerance"),
-                                       ("!", "! throttled or SM clock off the run's median"))
-               if mark in seen]
-    return Grid(f"{title}\n{subtitle}" if subtitle else title, keys, groups,
-                caption=" · ".join(legend))
+    fixed = " ".join(f"{f}={shape_value(f, rows[0][f])}" for f in SHAPE_FIELDS
+                     if len({r[f] for r in rows}) == 1)
+    memory = ["mem: peak allocated beyond the inputs (binary units)"] \
+        if any(label == "mem" for label, _ in metrics) else []
+    return Grid(f"{title}\n{fixed}" if fixed else title, keys, groups,
+                caption=_legend(seen, ["ms: median latency", *memory]))
 
 
 def failure_notes(rows: list[dict[str, Any]], limit: int = 12) -> list[str]:
     """One line per distinct (backend, status, reason) of rows that did not pass."""
     seen: dict[tuple[str, str, str], int] = {}
     for r in rows:
-        if r["status"] != "ok":
-            key = (r["backend"], r["status"], r.get("error") or "")
+        if r["status"] != Status.OK:
+            key = (r["backend"], str(r["status"]), r.get("error") or "")
             seen[key] = seen.get(key, 0) + 1
     notes = [f"{b} {s} ×{n}: {e[:160]}" for (b, s, e), n in seen.items()]
     return notes[:limit] + ([f"… and {len(notes) - limit} more"] if len(notes) > limit else [])
+
+
+def _shape_cell(field: str, value: Any) -> str:
+    return shape_value(field, value) if field == "causal" else number(value)
+
+
+def _varying_shape(frame: pd.DataFrame) -> list[str]:
+    fields = [f for f in SHAPE_FIELDS if f in frame]
+    return varying_shape_fields(frame[fields].to_dict("records")) or ["seq_len"]
+
+
+def fixed_shape(frame: pd.DataFrame) -> str:
+    """The shape fields that are the same in every row, as one line."""
+    return " ".join(f"{f}={frame[f].iloc[0]}" for f in SHAPE_FIELDS
+                    if f in frame and frame[f].nunique() == 1)
+
+
+def _backend_ms(r: pd.Series, b: str) -> str:
+    status, median = r[f"{b}:status"], r[f"{b}:median_ms"]
+    if is_missing(status):
+        return ""
+    if is_missing(median):
+        return str(status)
+    marks = (FASTEST if r["fastest"] == b else "") + (NOISY if r[f"{b}:noisy"] else "") \
+        + (THROTTLED if r[f"{b}:throttled"] else "")
+    return milliseconds(median) + marks + (f" {MISMATCH}" if status == Status.MISMATCH else "")
+
+
+def backends_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """compare_backends' frame as strings: per backend ms (with marks), TFLOP/s and speedup."""
+    backends = [c.removesuffix(":status") for c in frame.columns if c.endswith(":status")]
+    out = pd.DataFrame({f: frame[f].map(lambda v, f=f: _shape_cell(f, v))
+                        for f in _varying_shape(frame)})
+    baselines = frame["baseline"].fillna("")
+    if baselines.nunique() > 1:  # one baseline for every case is said once, in the caption
+        out["baseline"] = baselines
+    else:
+        out.attrs["baseline"] = baselines.iloc[0] if len(baselines) else ""
+    for b in backends:
+        out[f"{b} ms"] = [_backend_ms(r, b) for _, r in frame.iterrows()]
+        out[f"{b} TFLOP/s"] = frame[f"{b}:tflops"].map(number)
+        out[f"{b} ×"] = frame[f"{b}:speedup"].map(speedup)
+    return out
+
+
+def legend(display: pd.DataFrame) -> str:
+    """The caption of a backends_display frame: the marks it uses, and the speedup column."""
+    cells = [str(v).split(" ")[0] for c in display.columns if c.endswith(" ms")
+             for v in display[c]]
+    marks = {m for m, _ in _MARK_TEXT if any(m in c for c in cells)}
+    if any(str(v).endswith(MISMATCH) for c in display.columns if c.endswith(" ms")
+           for v in display[c]):
+        marks.add(MISMATCH)
+    baseline = display.attrs.get("baseline")
+    tail = f"×: speedup over {baseline} (higher is faster)" if baseline else \
+        "×: speedup over the baseline (higher is faster)" if "baseline" in display else \
+        "×: no baseline ran"
+    return " · ".join(filter(None, [_legend(marks), tail]))
+
+
+def runs_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """compare_runs' frame as strings: medians, ratio with its interval, verdict."""
+    cols = [f for f in ("backend", *_varying_shape(frame)) if f in frame]
+    out = pd.DataFrame({f: frame[f].map(lambda v, f=f: _shape_cell(f, v))
+                        for f in dict.fromkeys(cols)})
+    out["baseline ms"] = frame["base_median_ms"].map(milliseconds)
+    out["current ms"] = frame["current_median_ms"].map(milliseconds)
+    out["ratio [99% CI]"] = [
+        "" if is_missing(r) else f"{r:.3f} [{lo:.3f}, {hi:.3f}]"
+        for r, lo, hi in zip(frame["ratio"], frame["ci_low"], frame["ci_high"])]
+    out["status"] = [a if a == b else f"{a} → {b}" for a, b in
+                     zip(frame["base_status"].fillna("—"), frame["current_status"].fillna("—"))]
+    out["verdict"] = frame["verdict"]
+    return out
+
+
+def _styled(col: str, value: Any) -> Text:
+    text = str(value)
+    style = ""
+    if col == "verdict":
+        style = _VERDICT_STYLE.get(text, "")
+    elif col.endswith("ms") and MISMATCH in text:
+        style = "bold red"
+    elif col.endswith("ms") and text.split(" ")[0].rstrip(NOISY + THROTTLED).endswith(FASTEST):
+        style = "bold green"
+    elif col.endswith("ms") and text and not text[0].isdigit():
+        style = "dim" if text == Status.UNSUPPORTED else "red"
+    return Text(text, style=style)
+
+
+def key_columns(display: pd.DataFrame) -> int:
+    """How many leading columns of a display frame name the case (backend, shape, baseline)."""
+    keys = 0
+    for name in display.columns:
+        if name not in ("backend", "baseline", *SHAPE_FIELDS):
+            break
+        keys += 1
+    return keys
+
+
+def to_grid(display: pd.DataFrame, title: str, caption: str = "", *,
+            by_backend: bool = False) -> Grid:
+    """A display frame as a Grid: its leading case columns are the keys; the rest are values,
+    grouped per backend (columns named ``"<backend> <metric>"``) when ``by_backend``."""
+    def column(name: str, header: str) -> Column:
+        return Column(header, [_styled(name, v) for v in display[name]])
+
+    names = list(display.columns)
+    keys = key_columns(display)
+    groups: list[tuple[str, list[Column]]] = []
+    for name in names[keys:]:
+        # Two-word headers on two lines ("baseline" over "ms"): narrower columns.
+        group, header = name.split(" ", 1) if by_backend else ("", name.replace(" ", "\n", 1))
+        if not groups or groups[-1][0] != group:
+            groups.append((group, []))
+        groups[-1][1].append(column(name, header))
+    return Grid(title, [column(n, n) for n in names[:keys]], groups, caption=caption)
+
+
+def markdown_table(display: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (pipes in cells escaped)."""
+    def cell(x: Any) -> str:
+        return str(x).replace("|", "\\|")
+
+    head = "| " + " | ".join(cell(c) for c in display.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in display.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |"
+            for row in display.itertuples(index=False)]
+    return "\n".join([head, rule, *body]) + "\n"

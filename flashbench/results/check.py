@@ -10,6 +10,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pandas as pd
 
 from flashbench.core.cases import Case
+from flashbench.core.environment import COMPARABLE, environment_differences
 from flashbench.results.compare import compare_runs
 from flashbench.core.errors import UserError
 from flashbench.results.store import load_run
@@ -17,8 +18,6 @@ from flashbench.results.store import load_run
 __all__ = ["CheckResult", "env_differences", "junit_xml", "parse_threshold", "run_check",
            "summary_markdown"]
 
-# Timings from different cards, drivers or PyTorch builds are not comparable case by case.
-ENV_KEYS: tuple[str, ...] = ("gpu_name", "driver", "torch")
 FAILING = ("regression", "status-regression")
 
 
@@ -37,9 +36,9 @@ def parse_threshold(text: str) -> float:
 
 
 def env_differences(base_meta: dict[str, Any], cur_meta: dict[str, Any]) -> list[str]:
-    base_env, cur_env = base_meta.get("environment", {}), cur_meta.get("environment", {})
-    return [f"{k}: {base_env.get(k)!r} vs {cur_env.get(k)!r}" for k in ENV_KEYS
-            if base_env.get(k) != cur_env.get(k)]
+    """How the two runs' environments differ where timings stop being comparable."""
+    return [f"{k}: {a!r} vs {b!r}" for k, a, b in environment_differences(
+        base_meta.get("environment"), cur_meta.get("environment"), COMPARABLE)]
 
 
 @dataclass
@@ -62,6 +61,13 @@ class CheckResult:
     @property
     def passed(self) -> bool:
         return self.failing.empty
+
+    def verdict_line(self) -> str:
+        """``check: no regression (12 unchanged; threshold 5.0%)``, or how many cases fail."""
+        counts = ", ".join(f"{n} {v}" for v, n in
+                           sorted(self.frame["verdict"].value_counts().items()))
+        verdict = "no regression" if self.passed else f"{len(self.failing)} failing case(s)"
+        return f"check: {verdict} ({counts}; threshold {self.threshold:.1%})"
 
 
 def run_check(baseline: str, current: str, *, root: Path, threshold: float = 0.05,

@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flashbench.core.cases import CASE_FIELDS
+from flashbench.core import registry
+from flashbench.core.cases import CASE_FIELDS, SHAPE_FIELDS, Status, case_key
+from flashbench.core.rows import by_shape
 from flashbench.core.stats import summarize
-from flashbench.measure.telemetry import off_clock, run_clock
+from flashbench.results.clocks import off_clock, run_clock
 
 __all__ = [
     "NOISY_IQR_OVER_MEDIAN",
@@ -24,10 +26,9 @@ __all__ = [
     "timing_verdict",
 ]
 
-SHAPE_FIELDS: tuple[str, ...] = tuple(f for f in CASE_FIELDS if f != "backend")
 # A cell whose samples spread this much (IQR over median) is marked noisy rather than hidden.
 NOISY_IQR_OVER_MEDIAN = 0.05
-_TIMED = ("ok", "mismatch")
+_TIMED = (Status.OK, Status.MISMATCH)
 
 
 def _is_noisy(row: dict[str, Any]) -> bool:
@@ -38,26 +39,25 @@ def _is_noisy(row: dict[str, Any]) -> bool:
 def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) -> pd.DataFrame:
     """One row per case, backends side by side: median, TFLOP/s, speedup over the baseline.
 
-    The baseline is ``baseline`` when given, else per case the fastest SDPA backend that ran.
+    The baseline is ``baseline`` when given, else per case the fastest of the backends declared
+    as baselines (flashbench.core.registry: the SDPA backends, and plugins that say so).
     Speedup > 1 means faster than the baseline. Each backend also gets its status and flags
     (``noisy``: IQR/median above NOISY_IQR_OVER_MEDIAN; ``throttled``: NVML reported throttling
     or the SM clock strayed from the run's median), and ``fastest`` names the fastest backend.
     """
     backends = list(dict.fromkeys(r["backend"] for r in rows))
+    baselines = registry.baseline_names()
     clock = run_clock(rows)
-    by_shape: dict[tuple, dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        by_shape.setdefault(tuple(r[f] for f in SHAPE_FIELDS), {})[r["backend"]] = r
     records = []
-    for key, cells in by_shape.items():
+    for key, cells in by_shape(rows).items():
         timed = {b: r["median_ms"] for b, r in cells.items()
                  if r["status"] in _TIMED and r.get("median_ms")}
-        ok = {b: t for b, t in timed.items() if cells[b]["status"] == "ok"}
+        ok = {b: t for b, t in timed.items() if cells[b]["status"] == Status.OK}
         if baseline is not None:
             base = baseline if baseline in ok else None
         else:
-            sdpa = {b: t for b, t in ok.items() if b.startswith("sdpa")}
-            base = min(sdpa, key=sdpa.get) if sdpa else None
+            candidates = {b: t for b, t in ok.items() if b in baselines}
+            base = min(candidates, key=candidates.get) if candidates else None
         record: dict[str, Any] = dict(zip(SHAPE_FIELDS, key))
         record["baseline"] = base
         record["fastest"] = min(ok, key=ok.get) if ok else None
@@ -115,7 +115,7 @@ def timing_verdict(baseline: list[float], current: list[float], *, threshold: fl
 
 def _status_rank(status: str | None) -> int:
     """Lower is better; every status other than ok is a failure of the case."""
-    return 0 if status == "ok" else 1
+    return 0 if status == Status.OK else 1
 
 
 def compare_runs(base_rows: list[dict[str, Any]], cur_rows: list[dict[str, Any]], *,
@@ -128,8 +128,8 @@ def compare_runs(base_rows: list[dict[str, Any]], cur_rows: list[dict[str, Any]]
     ``status-improvement``, ``missing`` (in the baseline only), ``new`` (in current only) and
     ``not-timed`` (neither side has samples, e.g. unsupported on both).
     """
-    base = {tuple(r[f] for f in CASE_FIELDS): r for r in base_rows}
-    cur = {tuple(r[f] for f in CASE_FIELDS): r for r in cur_rows}
+    base = {case_key(r): r for r in base_rows}
+    cur = {case_key(r): r for r in cur_rows}
     records = []
     for key in list(base) + [k for k in cur if k not in base]:
         a, b = base.get(key), cur.get(key)
@@ -139,7 +139,7 @@ def compare_runs(base_rows: list[dict[str, Any]], cur_rows: list[dict[str, Any]]
                       ci_high=None)
         if a is None or b is None:
             record["verdict"] = "new" if a is None else "missing"
-        elif a["status"] == "ok" and b["status"] == "ok" and a["samples_ms"] and b["samples_ms"]:
+        elif a["status"] == b["status"] == Status.OK and a["samples_ms"] and b["samples_ms"]:
             verdict, est = timing_verdict(a["samples_ms"], b["samples_ms"], threshold=threshold,
                                           confidence=confidence)
             record.update(base_median_ms=a["median_ms"], current_median_ms=b["median_ms"],

@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from flashbench.core.cases import CASE_FIELDS, Case
+from flashbench.core.cases import Case, RunStatus, case_key
+from flashbench.core.environment import SAME_SWEEP, environment_differences
 from flashbench.core.errors import UserError
-from flashbench.results.store import RunFolder, check_root, find_run, prepare_root, read_meta, read_rows
+from flashbench.results.store import RunFolder, check_root, find_run, prepare_root, read_meta, \
+    read_rows
 
-__all__ = ["MERGE_ENVIRONMENT", "MergeResult", "merge_runs"]
-
-# Shards measured where any of these differ are not one sweep (the device is compared by kind).
-MERGE_ENVIRONMENT: tuple[str, ...] = ("device", "gpu_name", "driver", "cuda", "torch", "triton",
-                                      "flashbench", "git_commit")
+__all__ = ["MergeResult", "merge_runs"]
 
 
 @dataclass
@@ -35,6 +33,16 @@ class MergeResult:
     path: Path
     rows: list[dict[str, Any]]
     meta: dict[str, Any]
+
+    def notes(self) -> list[str]:
+        """What the merge did, for stderr: environment differences allowed, then a summary."""
+        merged = self.meta["merged"]
+        count = merged["shards"]
+        missing = f"; missing: {', '.join(f'{i}/{count}' for i in merged['missing'])}" \
+            if merged["missing"] else ""
+        return [*(f"note: environments differ: {n}" for n in merged["environment_differences"]),
+                f"merged {len(merged['from'])} of {count} shard(s), {len(self.rows)} rows, "
+                f"into {self.path}{missing}"]
 
 
 @dataclass
@@ -65,16 +73,10 @@ def _load(ref: str | Path, root: Path) -> _Shard:
         raise UserError(f"{path} was not made with --shard; merge combines the shards of one "
                         f"sweep (flashbench run --shard I/N)")
     rows = read_rows(path)
-    if meta.get("status") != "completed" or len(rows) != meta.get("n_cases"):
+    if meta.get("status") != RunStatus.COMPLETED or len(rows) != meta.get("n_cases"):
         raise UserError(f"{path} is not finished ({meta.get('status')}, {len(rows)} of "
                         f"{meta.get('n_cases')} cases): flashbench run --resume {path} first")
     return _Shard(path, meta, rows)
-
-
-def _environment(meta: dict[str, Any]) -> dict[str, Any]:
-    env = dict(meta.get("environment") or {})
-    env["device"] = str(env.get("device", "")).partition(":")[0]  # cuda:0 and cuda:1 alike
-    return env
 
 
 def _config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -82,8 +84,8 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
             if a.get(k) != b.get(k)]
 
 
-def _check(shards: list[_Shard], allow_env_mismatch: bool, allow_partial: bool) -> list[str]:
-    """Refuse what is not one sweep; the environment differences allowed, as notes."""
+def _check_one_sweep(shards: list[_Shard]) -> dict[int, _Shard]:
+    """Refuse shards of different splits or configs, or a shard twice; the shards by index."""
     first = shards[0]
     for other in shards[1:]:
         if other.count != first.count:
@@ -98,37 +100,52 @@ def _check(shards: list[_Shard], allow_env_mismatch: bool, allow_partial: bool) 
             raise UserError(f"shard {shard.index}/{shard.count} is given twice: "
                             f"{seen[shard.index].path} and {shard.path}")
         seen[shard.index] = shard
-    notes = []
-    base = _environment(first.meta)
+    return seen
+
+
+def _environment_notes(shards: list[_Shard], allow_env_mismatch: bool) -> list[str]:
+    """How the shards' environments differ (SAME_SWEEP), refused unless allowed."""
+    first, notes = shards[0], []
     for other in shards[1:]:
-        env = _environment(other.meta)
-        changed = [f"{k} {base.get(k)!r} vs {env.get(k)!r}" for k in MERGE_ENVIRONMENT
-                   if base.get(k) != env.get(k)]
+        changed = [f"{k} {a!r} vs {b!r}" for k, a, b in environment_differences(
+            first.meta.get("environment"), other.meta.get("environment"), SAME_SWEEP)]
         if changed and not allow_env_mismatch:
             raise UserError(f"{other.path} was measured in another environment than "
                             f"{first.path} ({'; '.join(changed)}); pass --allow-env-mismatch "
                             f"to merge anyway")
         notes += [f"{other.path}: {c}" for c in changed]
-    missing = [i for i in range(1, first.count + 1) if i not in seen]
-    if missing and not allow_partial:
-        given = ", ".join(f"{i}/{first.count}" for i in sorted(seen))
-        raise UserError(f"shard(s) {', '.join(f'{i}/{first.count}' for i in missing)} missing "
-                        f"(given: {given}); pass --allow-partial to merge those given")
+    return notes
+
+
+def _check_cases(shards: list[_Shard], complete: bool) -> None:
+    """No case in two shards; a complete set holds exactly the sweep's grid."""
     owner: dict[tuple, Path] = {}
     for shard in shards:
         for row in shard.rows:
-            key = tuple(row[f] for f in CASE_FIELDS)
+            key = case_key(row)
             if key in owner:
                 raise UserError(f"case {Case.from_dict(row).label()} is in both {owner[key]} "
                                 f"and {shard.path}")
             owner[key] = shard.path
-    if not missing:
-        grid = {s.meta["shard"].get("grid_cases") for s in shards}
-        total = sum(len(s.rows) for s in shards)
-        if len(grid) == 1 and None not in grid and total != grid.pop():
-            raise UserError(f"the shards hold {total} cases but the sweep has "
-                            f"{first.meta['shard']['grid_cases']}: were they split by "
-                            f"different flashbench versions?")
+    grid = {s.meta["shard"].get("grid_cases") for s in shards}
+    total = sum(len(s.rows) for s in shards)
+    if complete and len(grid) == 1 and None not in grid and total != grid.pop():
+        raise UserError(f"the shards hold {total} cases but the sweep has "
+                        f"{shards[0].meta['shard']['grid_cases']}: were they split by "
+                        f"different flashbench versions?")
+
+
+def _check(shards: list[_Shard], allow_env_mismatch: bool, allow_partial: bool) -> list[str]:
+    """Refuse what is not one sweep; the environment differences allowed, as notes."""
+    seen = _check_one_sweep(shards)
+    notes = _environment_notes(shards, allow_env_mismatch)
+    count = shards[0].count
+    missing = [i for i in range(1, count + 1) if i not in seen]
+    if missing and not allow_partial:
+        given = ", ".join(f"{i}/{count}" for i in sorted(seen))
+        raise UserError(f"shard(s) {', '.join(f'{i}/{count}' for i in missing)} missing "
+                        f"(given: {given}); pass --allow-partial to merge those given")
+    _check_cases(shards, complete=not missing)
     return notes
 
 
@@ -139,7 +156,7 @@ def _merged_meta(shards: list[_Shard], out: Path, rows: list[dict[str, Any]],
     missing = sorted(set(range(1, count + 1)) - {s.index for s in shards})
     plugins = list(dict.fromkeys(p for s in shards for p in s.meta.get("plugins", [])))
     return {
-        "run_id": out.name, "status": "partial" if missing else "completed",
+        "run_id": out.name, "status": RunStatus.PARTIAL if missing else RunStatus.COMPLETED,
         "started_at": min(str(s.meta.get("started_at")) for s in shards),
         "finished_at": max(str(s.meta.get("finished_at")) for s in shards),
         "merged_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import secrets
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from flashbench.core.errors import UserError
+from flashbench.core.rows import RowError, check_row, finite_or_none
 
 __all__ = ["RunFolder", "check_root", "create_run", "find_run", "load_run", "open_run",
            "prepare_root", "read_meta", "read_rows"]
@@ -20,13 +20,6 @@ __all__ = ["RunFolder", "check_root", "create_run", "find_run", "load_run", "ope
 META = "meta.json"
 RESULTS = "results.jsonl"
 LOCK = ".lock"
-
-
-def _jsonable(value: Any) -> Any:
-    # JSON has no NaN or infinity; an absent figure is null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -89,7 +82,7 @@ class RunFolder:
         """Write one row and push it to the disk now, so that an interrupted run loses nothing."""
         if self._results is None:
             self._results = open(self.results_path, "a")
-        line = json.dumps({k: _jsonable(v) for k, v in row.items()}, default=str)
+        line = json.dumps({k: finite_or_none(v) for k, v in row.items()}, default=str)
         self._results.write(line + "\n")
         self._results.flush()
         os.fsync(self._results.fileno())
@@ -180,17 +173,22 @@ def read_meta(run: Path) -> dict[str, Any]:
 
 
 def _iter_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Each row of a results file, checked against the row schema (flashbench.core.rows)."""
     lines = path.read_text().splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield json.loads(line)
+            data = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):  # a torn last line: the writer died mid-row
                 print(f"warning: {path}:{number}: skipping a torn last line", file=sys.stderr)
                 continue
             raise UserError(f"{path}:{number}: not a JSON object") from None
+        try:
+            yield check_row(data)
+        except RowError as e:
+            raise UserError(f"{path}:{number}: not a flashbench result row ({e})") from None
 
 
 def read_rows(run_or_file: Path) -> list[dict[str, Any]]:

@@ -11,17 +11,16 @@ CUDA context.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Literal, Sequence
 
+from flashbench.core.environment import SAME_MACHINE, environment_differences
 from flashbench.core.errors import UserError
+from flashbench.core.nvml import gpu_count
+from flashbench.core.rows import device_fields
 
-__all__ = ["SAME_ENVIRONMENT", "Device", "check_same_environment", "parse_devices",
-           "row_device_fields", "start_all", "visible_gpu_count"]
-
-# Workers of one run must agree on these, as a resumed run must agree with its first session.
-SAME_ENVIRONMENT: tuple[str, ...] = ("device", "gpu_name", "driver", "torch", "triton")
+__all__ = ["Device", "check_same_environment", "default_preset", "parse_devices",
+           "row_device_fields", "visible_gpu_count"]
 
 
 @dataclass(frozen=True)
@@ -50,18 +49,21 @@ class Device:
 
 def visible_gpu_count() -> int:
     """GPUs this process can see, without creating a CUDA context (and without torch if no NVML)."""
-    from flashbench.measure.telemetry import nvml_module
-
-    nvml = nvml_module()
-    try:
-        if nvml is None or nvml.nvmlDeviceGetCount() == 0:
-            return 0
-    except Exception:  # NVMLError: no usable GPU
+    if gpu_count() == 0:
         return 0
     import torch
 
     # NVML-based: honours CUDA_VISIBLE_DEVICES and leaves CUDA uninitialized.
     return torch.cuda.device_count()
+
+
+def default_preset(device: str | None, devices: str | None) -> str:
+    """The preset ``flashbench run`` sweeps without ``--config``: the GPU one where a GPU is
+    visible (and not ruled out by ``--device cpu`` or CPU workers), else the CPU one."""
+    cpu_workers = devices is not None and {e.strip() for e in devices.split(",")} == {"cpu"}
+    if device == "cpu" or cpu_workers:
+        return "cpu"
+    return "default" if visible_gpu_count() > 0 else "cpu"
 
 
 def _describe(count: int) -> str:
@@ -120,8 +122,8 @@ def check_same_environment(devices: Sequence[Device], environments: Sequence[dic
     """Refuse workers whose devices differ in model, driver or libraries: one run, one environment."""
     first = environments[0]
     for device, env in zip(devices[1:], environments[1:]):
-        changed = [f"{k} {first.get(k)!r} on {devices[0].name}, {env.get(k)!r} on {device.name}"
-                   for k in SAME_ENVIRONMENT if env.get(k) != first.get(k)]
+        changed = [f"{k} {a!r} on {devices[0].name}, {b!r} on {device.name}"
+                   for k, a, b in environment_differences(first, env, SAME_MACHINE)]
         if changed:
             raise UserError(f"--devices: the devices differ ({'; '.join(changed)}); one run "
                             f"must not mix environments: run each kind separately")
@@ -135,56 +137,9 @@ def row_device_fields(device: Device | None, executor_device: str,
     """
     if device is None:
         kind, _, index = executor_device.partition(":")
-        return {"device_index": int(index) if kind == "cuda" and index else 0,
-                "gpu_uuid": environment.get("gpu_uuid")}
-    fields: dict[str, Any] = {"device_index": device.index,
-                              "gpu_uuid": environment.get("gpu_uuid")}
+        return device_fields(int(index) if kind == "cuda" and index else 0,
+                             environment.get("gpu_uuid"))
+    fields = device_fields(device.index, environment.get("gpu_uuid"))
     if device.kind == "cuda":
         fields["device"] = device.name  # the worker sees its GPU as cuda:0
     return fields
-
-
-class _Starting(Protocol):
-    def wait_ready(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-_S = TypeVar("_S", bound=_Starting)
-
-
-def start_all(devices: Sequence[Device], spawn: Callable[[Device], _S]) -> list[_S]:
-    """``spawn(device)`` for every device here, then wait until all are ready, at once.
-
-    Spawning stays in this thread (a worker dies with the thread that started it); waiting,
-    seconds per worker for importing torch, happens in one thread each. If any fails, all are
-    closed and the first failure, in device order, raised.
-    """
-    started: list[_S] = []
-    try:
-        for device in devices:
-            started.append(spawn(device))
-    except BaseException:
-        for executor in started:
-            executor.close()
-        raise
-    errors: list[BaseException | None] = [None] * len(started)
-
-    def wait(i: int) -> None:
-        try:
-            started[i].wait_ready()
-        except BaseException as e:  # re-raised below, in the caller's thread
-            errors[i] = e
-
-    threads = [threading.Thread(target=wait, args=(i,), daemon=True) for i in range(len(started))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.2)  # short joins: signal handlers run in this (the main) thread between them
-    failure = next((e for e in errors if e is not None), None)
-    if failure is not None:
-        for executor in started:
-            executor.close()
-        raise failure
-    return started

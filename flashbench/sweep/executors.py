@@ -20,14 +20,16 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from flashbench.core import costs
 from flashbench.core.cases import Case, Status
+from flashbench.core.config import TimingPolicy
 from flashbench.core.errors import UserError
+from flashbench.core.rows import blank_row
+from flashbench.core.subprocesses import python_module_command
 from flashbench.sweep.interrupts import Interrupt
 from flashbench.sweep.worker import receive as _receive, send as _send
 
 __all__ = ["STDERR_TAIL_LINES", "Executor", "InProcessExecutor", "Interrupted", "WorkerExecutor",
-           "WorkerStartError", "python_module_command"]
+           "WorkerStartError"]
 
 STDERR_TAIL_LINES = 20
 STARTUP_TIMEOUT_S = 300.0  # importing torch and initializing CUDA, on a busy machine
@@ -50,17 +52,6 @@ class Executor(Protocol):
         """The case's row; None when the user abandoned it (no row: a resume runs it again)."""
 
     def close(self) -> None: ...
-
-
-def python_module_command(module: str) -> list[str]:
-    """``python -P -m module``: this interpreter, without the current folder on ``sys.path``.
-
-    Plain ``-m`` puts the current folder first, so that, run from a checkout of flashbench, the
-    source folder ``./flashbench`` (which lacks the ``kernels`` subpackage setuptools maps in)
-    would shadow the installed package. ``-P`` (Python 3.11+) keeps ``sys.path`` as installed;
-    PYTHONPATH still applies.
-    """
-    return [sys.executable, "-P", "-m", module]
 
 
 def _describe_exit(returncode: int) -> str:
@@ -207,11 +198,11 @@ class WorkerExecutor:
     """Cases in a worker process, replaced after a crash or a timeout."""
 
     def __init__(self, device: str, plugins: list[str], backends: list[str],
-                 timing: dict[str, Any], interrupt: Interrupt,
+                 timing: TimingPolicy, interrupt: Interrupt,
                  startup_timeout_s: float = STARTUP_TIMEOUT_S, env: dict[str, str] | None = None,
                  wait: bool = True):
         self._hello = {"kind": "hello", "device": device, "plugins": list(plugins),
-                       "backends": list(backends), "timing": dict(timing)}
+                       "backends": list(backends), "timing": timing.model_dump()}
         # ``env`` adds to this process's environment (--devices pins a GPU with it).
         self._env = dict(os.environ) | (env or {})
         if device == "cpu":
@@ -222,7 +213,6 @@ class WorkerExecutor:
         self._worker: _Worker | None = None
         self.device: str = device
         self.environment: dict[str, Any] = {}
-        self._fields: list[str] = []
         # Started in the caller's thread: the worker asks Linux to kill it when the thread that
         # started it ends (PR_SET_PDEATHSIG follows threads, not processes), so a thread that
         # only waits for it to be ready must not start it.
@@ -238,7 +228,6 @@ class WorkerExecutor:
         ready = self._start(first=True, worker=worker)
         self.device = ready["device"]
         self.environment = ready["environment"]
-        self._fields = ready["fields"]
 
     def _start(self, *, first: bool, worker: _Worker | None = None) -> dict[str, Any]:
         """A ready worker; bad input (the first time only) is the user's, anything else ours."""
@@ -279,32 +268,24 @@ class WorkerExecutor:
             if retry:
                 return self.measure(case, timeout_s, retry=False)
             raise WorkerStartError("the worker process died before it received a case") from None
-        deadline = time.monotonic() + timeout_s
-        blank: dict[str, Any] | None = None
-        while True:
-            reply = worker.receive(deadline, self._interrupt)
-            if reply is _ABANDONED:
-                self._drop(graceful=False)
-                return None
-            if reply is _TIMED_OUT:
-                tail = self._drop(graceful=False)
-                return self._failed(case, blank, Status.TIMEOUT,
-                                    f"exceeded the case timeout of {timeout_s:g} s; "
-                                    f"worker killed and replaced", tail)
-            if isinstance(reply, _Died):
-                tail = self._drop(graceful=False)
-                return self._failed(case, blank, Status.CRASH,
-                                    f"worker {_describe_exit(reply.returncode)}"
-                                    f"{_fatal_line(tail)}; replaced", tail)
-            if reply["kind"] == "started":
-                blank = reply["row"]
-                continue
-            row = reply["row"]
-            if reply.get("fatal"):
-                row["stderr_tail"] = self._drop(graceful=True)
-            else:
-                worker.forward_output()
-            return row
+        reply = worker.receive(time.monotonic() + timeout_s, self._interrupt)
+        if reply is _ABANDONED:
+            self._drop(graceful=False)
+            return None
+        if reply is _TIMED_OUT:
+            tail = self._drop(graceful=False)
+            return self._failed(case, Status.TIMEOUT, f"exceeded the case timeout of "
+                                f"{timeout_s:g} s; worker killed and replaced", tail)
+        if isinstance(reply, _Died):
+            tail = self._drop(graceful=False)
+            return self._failed(case, Status.CRASH, f"worker {_describe_exit(reply.returncode)}"
+                                f"{_fatal_line(tail)}; replaced", tail)
+        row = reply["row"]
+        if reply.get("fatal"):
+            row["stderr_tail"] = self._drop(graceful=True)
+        else:
+            worker.forward_output()
+        return row
 
     def _drop(self, *, graceful: bool) -> str:
         """End the current worker (the next case starts another); returns its last lines."""
@@ -317,15 +298,10 @@ class WorkerExecutor:
         worker.close(graceful=graceful)
         return tail
 
-    def _failed(self, case: Case, blank: dict[str, Any] | None, status: Status, error: str,
-                tail: str) -> dict[str, Any]:
-        if blank is None:  # it died before describing the case: describe it here
-            blank = case.to_dict() | dict.fromkeys(self._fields) | {
-                "device": self.device, "samples_ms": [], "l2": self._hello["timing"]["l2"],
-                "timer": "cuda-events" if self.device.startswith("cuda") else "perf-counter",
-                "flops": costs.flops(case),
-                "hbm_bytes": costs.hbm_bytes(case, costs.algorithm_of(case.backend))}
-        return blank | {"status": status.value, "error": error[:500], "stderr_tail": tail}
+    def _failed(self, case: Case, status: Status, error: str, tail: str) -> dict[str, Any]:
+        """The row of a case whose worker died or hung: what the case was, and how it ended."""
+        blank = blank_row(case, self.device, self._hello["timing"]["l2"])
+        return blank | {"status": status, "error": error[:500], "stderr_tail": tail}
 
     def close(self) -> None:
         if self._first is not None:  # started, never waited for
@@ -337,15 +313,13 @@ class WorkerExecutor:
 class InProcessExecutor:
     """Cases in this process (``--no-isolate``): a crash ends the sweep, a hang hangs it."""
 
-    def __init__(self, device: str, timing: dict[str, Any]):
-        from flashbench.measure.case import select_device
+    def __init__(self, device: str, timing: TimingPolicy):
+        from flashbench.core.nvml import nvml_handle
+        from flashbench.measure.device import select_device
+        from flashbench.measure.machine import capture_environment
 
         self._device = select_device(device)
-        from flashbench.measure.machine import capture_environment
-        from flashbench.measure.telemetry import nvml_handle
-        from flashbench.measure.timing import TimingPolicy
-
-        self._policy = TimingPolicy(**timing)
+        self._policy = timing
         self.device = str(self._device)
         self.environment = capture_environment(self._device)
         self._handle = nvml_handle(self.environment.get("gpu_uuid")) \

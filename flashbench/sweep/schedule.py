@@ -25,10 +25,11 @@ decode 149 / 145.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Sequence
 
 from flashbench.core import costs
 from flashbench.core.cases import Case, Mode
+from flashbench.core.config import TimingPolicy
 
 __all__ = ["case_seconds", "comparison_groups", "group_micros", "interpreter_call_seconds",
            "interpreter_warning", "longest_first", "partition"]
@@ -58,35 +59,35 @@ def comparison_groups(cases: Sequence[Case]) -> list[list[Case]]:
     return list(groups.values())
 
 
-def case_seconds(case: Case, timing: dict[str, Any]) -> float:
+def case_seconds(case: Case, timing: TimingPolicy) -> float:
     """Estimated seconds to measure one case under ``timing`` (a TimingConfig as a dict)."""
     kernel = max(costs.flops(case) / NOMINAL_FLOPS_PER_S,
-                 costs.hbm_bytes(case, costs.algorithm_of(case.backend)) / NOMINAL_BYTES_PER_S)
-    sample = kernel + (L2_FLUSH_S if timing.get("l2", "cold") == "cold" else 0.0)
-    min_samples = int(timing.get("min_samples", 10))
-    budget = float(timing.get("budget_ms", 1000.0)) / 1e3
+                 costs.hbm_bytes(case) / NOMINAL_BYTES_PER_S)
+    sample = kernel + (L2_FLUSH_S if timing.l2 == "cold" else 0.0)
+    min_samples = timing.min_samples
+    budget = timing.budget_ms / 1e3
     # The sampler stops at the budget, but never before min_samples.
     sampling = max(min_samples * sample, min(budget, max(min_samples, TYPICAL_SAMPLES) * sample))
     forward_flops = costs.flops(replace(case, mode=Mode.FWD))
     reference = forward_flops * (1.0 if case.mode is Mode.FWD else costs.FWD_BWD_FACTOR) \
         / REFERENCE_FLOPS_PER_S
-    warmup = float(timing.get("warmup_ms", 25.0)) / 1e3
+    warmup = timing.warmup_ms / 1e3
     return CASE_OVERHEAD_S + _UNTIMED_CALLS * kernel + warmup + sampling + reference
 
 
-def group_micros(group: Sequence[Case], timing: dict[str, Any]) -> int:
+def group_micros(group: Sequence[Case], timing: TimingPolicy) -> int:
     """A group's estimate in whole microseconds: integers, so that every machine ranks alike."""
     return round(sum(case_seconds(c, timing) for c in group) * 1e6)
 
 
-def longest_first(groups: Sequence[list[Case]], timing: dict[str, Any]) -> list[list[Case]]:
+def longest_first(groups: Sequence[list[Case]], timing: TimingPolicy) -> list[list[Case]]:
     """Groups by estimated duration, longest first; equal ones keep their order."""
     cost = [group_micros(g, timing) for g in groups]
     return [groups[i] for i in sorted(range(len(groups)), key=lambda i: (-cost[i], i))]
 
 
 def partition(groups: Sequence[list[Case]], parts: int,
-              timing: dict[str, Any]) -> list[list[list[Case]]]:
+              timing: TimingPolicy) -> list[list[list[Case]]]:
     """Groups split into ``parts`` lists of about equal estimated duration (longest first, each
     to the lightest part so far; ties to the lower part). Deterministic; a part may be empty.
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from flashbench.core.cases import Case
+from flashbench.core.config import TimingPolicy
 from flashbench.core.errors import UserError
 from flashbench.sweep.schedule import comparison_groups, partition
 
@@ -54,7 +55,7 @@ def parse_shard(text: str) -> Shard:
     return Shard(index, count)
 
 
-def shard_cases(cases: Sequence[Case], shard: Shard, timing: dict[str, Any]) -> list[Case]:
+def shard_cases(cases: Sequence[Case], shard: Shard, timing: TimingPolicy) -> list[Case]:
     """The cases of ``shard``, in the order they have in ``cases``."""
     parts = partition(comparison_groups(cases), shard.count, timing)
     mine = {c for group in parts[shard.index - 1] for c in group}

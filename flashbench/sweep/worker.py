@@ -6,9 +6,8 @@ whose descriptors are given on the command line:
 
     parent -> worker   {"kind": "hello", "device", "plugins", "backends", "timing"},
                        then {"kind": "case", "case"} per case, or {"kind": "stop"}
-    worker -> parent   {"kind": "ready", "device", "environment", "fields"} or {"kind": "bad_input", "message"},
-                       then per case {"kind": "started", "row"} (a blank row, used if this process
-                       dies) and {"kind": "row", "row", "fatal"}
+    worker -> parent   {"kind": "ready", "device", "environment"} or {"kind": "bad_input", "message"},
+                       then per case {"kind": "row", "row", "fatal"}
 
 ``fatal`` says the CUDA context is unusable after the case: the worker exits and is replaced.
 stdout and stderr go to a file the parent reads: Python's fault handler writes the traceback
@@ -66,34 +65,32 @@ def _context_lost(device: Any) -> str | None:
         torch.cuda.synchronize(device)
         torch.ones(1, device=device).add_(1).item()
     except Exception as e:  # whatever CUDA raised, this context is finished
-        return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        from flashbench.core.errors import one_line
+
+        return one_line(e, 300)
     return None
 
 
-# Kernel modules that take seconds to import (SDPA's pulls in torch._dynamo; Triton's defines
-# its kernels): imported at start-up, so that the first case's timeout is about the case.
-_KERNEL_MODULES = {"sdpa": "flashbench.kernels.sdpa", "triton": "flashbench.kernels.triton_flash"}
+def _preload(backend_names: list[str]) -> None:
+    """Import the kernel modules the sweep's backends declare (SDPA's pulls in torch._dynamo,
+    Triton's defines its kernels: seconds), so that the first case's timeout is about the case."""
+    from flashbench.core import registry
+
+    specs = registry.backends()
+    for module in sorted({specs[n].preload for n in backend_names if n in specs} - {None}):
+        try:
+            importlib.import_module(module)
+        except Exception:  # not hidden: the same import fails again inside the case, as its row
+            pass
 
 
-def _import_kernels(backend_names: list[str]) -> None:
-    from flashbench.measure.backends import registry
-
-    backends = registry()
-    for family in sorted({backends[n].family for n in backend_names if n in backends}):
-        if family in _KERNEL_MODULES:
-            try:
-                importlib.import_module(_KERNEL_MODULES[family])
-            except Exception:  # not hidden: the same import fails again inside the case, as its row
-                pass
-
-
-def _serve(requests: Connection, replies: Connection) -> int:
-    hello = receive(requests)
+def _start(hello: dict[str, Any], replies: Connection) -> tuple[Any, ...] | None:
+    """Device, plugins, kernels and environment as the hello asks; None after bad input."""
     from flashbench.core.errors import UserError
 
     try:
         # The device first: on a CPU it sets TRITON_INTERPRET before anything imports triton.
-        from flashbench.measure.case import RESULT_FIELDS, blank_row, measure_case, select_device
+        from flashbench.measure.device import select_device
 
         device = select_device(hello["device"])
         from flashbench.core.plugins import load_plugins
@@ -101,18 +98,45 @@ def _serve(requests: Connection, replies: Connection) -> int:
         load_plugins(hello["plugins"])
     except UserError as e:
         send(replies, {"kind": "bad_input", "message": str(e)})
-        return EXIT_BAD_INPUT
-    from flashbench.core.cases import Case
+        return None
+    from flashbench.core.config import TimingPolicy
+    from flashbench.core.nvml import nvml_handle
     from flashbench.measure.machine import capture_environment
-    from flashbench.measure.telemetry import nvml_handle
-    from flashbench.measure.timing import TimingPolicy
 
-    _import_kernels(hello["backends"])
-    policy = TimingPolicy(**hello["timing"])
+    _preload(hello["backends"])
+    policy = TimingPolicy.model_validate(hello["timing"])
     environment = capture_environment(device)
     handle = nvml_handle(environment.get("gpu_uuid")) if device.type == "cuda" else None
-    send(replies, {"kind": "ready", "device": str(device), "environment": environment,
-                  "fields": list(RESULT_FIELDS)})
+    send(replies, {"kind": "ready", "device": str(device), "environment": environment})
+    return device, policy, environment, handle
+
+
+def _measure(case_data: dict[str, Any], device, policy, environment, handle
+             ) -> tuple[dict[str, Any], bool]:
+    """One case's row, and whether the CUDA context is lost after it (then the worker exits)."""
+    from flashbench.core.cases import Case, Status
+    from flashbench.core.errors import one_line
+    from flashbench.core.rows import blank_row
+    from flashbench.measure.case import measure_case
+
+    case = Case.from_dict(case_data)
+    try:
+        row = measure_case(case, device, policy, handle, environment.get("ceilings"))
+    except Exception as e:  # its own clean-up failed (a broken CUDA context): still a row
+        row = blank_row(case, str(device), policy.l2) | {"status": Status.ERROR,
+                                                         "error": one_line(e)}
+    lost = _context_lost(device)
+    if lost:
+        cause = row["error"] if row["status"] != Status.OK and row["error"] else lost
+        row.update(status=Status.CRASH, error=f"the CUDA context is unusable after this case "
+                                              f"(worker replaced): {cause}"[:500])
+    return row, lost is not None
+
+
+def _serve(requests: Connection, replies: Connection) -> int:
+    started = _start(receive(requests), replies)
+    if started is None:
+        return EXIT_BAD_INPUT
     while True:
         try:
             message = receive(requests)
@@ -120,21 +144,9 @@ def _serve(requests: Connection, replies: Connection) -> int:
             return 0
         if message["kind"] == "stop":
             return 0
-        case = Case.from_dict(message["case"])
-        blank = blank_row(case, device, policy)
-        send(replies, {"kind": "started", "row": blank})
-        try:
-            row = measure_case(case, device, policy, handle, environment.get("ceilings"))
-        except Exception as e:  # its own clean-up failed (a broken CUDA context): still a row
-            row = blank | {"status": "error", "error": " ".join(f"{type(e).__name__}: {e}"
-                                                                 .split())[:500]}
-        lost = _context_lost(device)
-        if lost:
-            cause = row["error"] if row["status"] != "ok" and row["error"] else lost
-            row.update(status="crash", error=f"the CUDA context is unusable after this case "
-                                             f"(worker replaced): {cause}"[:500])
-        send(replies, {"kind": "row", "row": row, "fatal": lost is not None})
-        if lost:
+        row, fatal = _measure(message["case"], *started)
+        send(replies, {"kind": "row", "row": row, "fatal": fatal})
+        if fatal:
             return EXIT_CONTEXT_LOST
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Iterator, Protocol, TextIO
+from typing import Any, Callable, Iterator, Protocol, TextIO
 
-__all__ = ["Progress", "progress"]
+__all__ = ["Progress", "progress", "step_hook"]
 
 
 class Progress(Protocol):
@@ -94,3 +94,21 @@ def progress(enabled: bool, total: int, stream: TextIO | None = None) -> Iterato
         bar = _Bar(total)
         with bar.bar:
             yield bar
+
+
+def step_hook(shown: Progress) -> tuple[Callable[[str], None], Callable[[], None]]:
+    """For work that announces each step as it starts (calibration): ``step(label)`` and
+    ``finish()``, counting a step done when the next one starts, and the last at ``finish``."""
+    started: list[str] = []
+
+    def step(label: str) -> None:
+        if started:
+            shown.done()
+        started.append(label)
+        shown.start(label)
+
+    def finish() -> None:
+        if started:
+            shown.done()
+
+    return step, finish

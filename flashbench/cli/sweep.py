@@ -1,0 +1,116 @@
+"""``flashbench run`` and ``flashbench merge``: a sweep, and the shards of one sweep as one run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from flashbench.cli.app import command
+from flashbench.cli.options import (PLUGINS, PROGRESS, RESULTS_DIR, int_list, shape_flag,
+                                    str_list)
+from flashbench.core.errors import EXIT_FAILED, EXIT_INTERRUPTED
+
+__all__ = ["merge", "run"]
+
+CONFIG = typer.Option(None, "--config", "-c", metavar="PRESET|FILE",
+                      help="Preset name or YAML file [default: 'default' on a GPU, 'cpu' "
+                           "without one].")
+DEVICE = typer.Option(None, help="auto, cuda or cpu.")
+L2 = typer.Option(None, help="cold: flush L2 before every sample; hot: don't.")
+BUDGET_MS = typer.Option(None, help="Timing budget per case, ms.")
+CASE_TIMEOUT = typer.Option(None, "--case-timeout",
+                            help="Seconds one case may take before its worker is killed and the "
+                                 "case recorded as a timeout [default: 600].")
+RESUME = typer.Option(None, help="Finish an interrupted run (folder or id under --out): only the "
+                                 "cases without a row run, with the run's own config.")
+ISOLATE = typer.Option(True, "--isolate/--no-isolate",
+                       help="Run cases in a worker process that may crash or hang without "
+                            "ending the sweep; --no-isolate runs them here, for debugging (no "
+                            "timeouts, a crash ends the sweep).")
+DEVICES = typer.Option(None, help="One worker per device, at once: all (every visible GPU), GPU "
+                                  "indices such as 0,2,3, or cpu,cpu; each shape's backends run "
+                                  "on one device.")
+SHARD = typer.Option(None, help="Run only shard I of N (e.g. 2/4, counted from 1) of the cases, "
+                                "for job arrays; combine the shards with flashbench merge.")
+OUT = typer.Option(Path("results"), "--out", "-o", help="Folder for run folders.")
+STRICT = typer.Option(False, help="Exit 1 if any case errored, mismatched, crashed or timed out.")
+
+
+@command(short_help="Sweep cases over backends: a table, and a run folder.")
+def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("backends"),
+        seq_len: Optional[str] = shape_flag("seq_len"),
+        kv_len: Optional[str] = shape_flag("kv_len"), heads: Optional[str] = shape_flag("heads"),
+        kv_heads: Optional[str] = shape_flag("kv_heads"),
+        head_dim: Optional[str] = shape_flag("head_dim"),
+        batch: Optional[str] = shape_flag("batch"), dtype: Optional[str] = shape_flag("dtype"),
+        causal: Optional[bool] = shape_flag("causal"), mode: Optional[str] = shape_flag("mode"),
+        device: Optional[str] = DEVICE, l2: Optional[str] = L2,
+        budget_ms: Optional[float] = BUDGET_MS, case_timeout: Optional[float] = CASE_TIMEOUT,
+        plugin: Optional[list[Path]] = PLUGINS, resume: Optional[str] = RESUME,
+        isolate: bool = ISOLATE, devices: Optional[str] = DEVICES, shard: Optional[str] = SHARD,
+        out: Path = OUT, progress: bool = PROGRESS, strict: bool = STRICT) -> None:
+    """Sweep the configured cases over the backends; print a table, save results/<run-id>/.
+
+    Exit 0 when the sweep finished, 1 with --strict and a failed case, 2 for bad input, 130
+    when interrupted (Ctrl-C or SIGTERM; finish it with --resume).
+    """
+    overrides = {
+        "backends": str_list(backends), "seq_len": int_list("--seq-len", seq_len),
+        "kv_len": int_list("--kv-len", kv_len), "heads": int_list("--heads", heads),
+        "kv_heads": int_list("--kv-heads", kv_heads),
+        "head_dim": int_list("--head-dim", head_dim), "batch": int_list("--batch", batch),
+        "dtype": str_list(dtype), "causal": None if causal is None else [causal],
+        "mode": str_list(mode), "device": device, "l2": l2, "budget_ms": budget_ms,
+        "case_timeout_s": case_timeout,
+    }
+    from flashbench.sweep.launch import SweepRequest, launch
+    from flashbench.sweep.runner import Interrupted, SweepFailed, SweepOptions
+
+    options = SweepOptions(command=["flashbench", *sys.argv[1:]], progress=progress,
+                           isolate=isolate, plugins=[str(p) for p in plugin or []],
+                           devices=devices)
+    try:
+        result = launch(SweepRequest(out=out, config=config, overrides=overrides, resume=resume,
+                                     shard=shard, options=options))
+    except Interrupted as e:
+        typer.echo(f"{e}", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except SweepFailed as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    from flashbench.output.fit import print_grid
+    from flashbench.output.summary import summarize_sweep
+
+    summary = summarize_sweep(result.run_dir, result.rows, result.meta, result.measured,
+                              strict=strict, resumed=resume is not None)
+    if summary.table is not None:
+        print_grid(summary.table)
+    for note in summary.notes:
+        typer.echo(note, err=True)
+    raise typer.Exit(summary.exit_code)
+
+
+@command(short_help="Combine the shards of one sweep into one run.")
+def merge(
+    runs: list[str] = typer.Argument(..., help="The shard runs (flashbench run --shard I/N): "
+                                               "folders, or ids under --results-dir."),
+    output: Path = typer.Option(..., "--output", "-o", help="The merged run folder to create."),
+    allow_env_mismatch: bool = typer.Option(False, help="Merge shards measured on different "
+                                                        "GPU models, drivers or libraries."),
+    allow_partial: bool = typer.Option(False, help="Merge although some shards are missing."),
+    results_dir: Path = RESULTS_DIR,
+) -> None:
+    """Combine the shards of one sweep into one run, for compare, report and check.
+
+    Exit 0 when merged, 2 for bad input (not a finished shard, another config or split, a
+    shard twice, another environment, a shard missing); nothing is written then.
+    """
+    from flashbench.results.merge import merge_runs
+
+    result = merge_runs(runs, output, root=results_dir, allow_env_mismatch=allow_env_mismatch,
+                        allow_partial=allow_partial, command=["flashbench", *sys.argv[1:]])
+    for line in result.notes():
+        typer.echo(line, err=True)

@@ -1,0 +1,149 @@
+"""Every backend flashbench knows, built-in or plugin, declared once as a small frozen record.
+
+A record says what the rest of flashbench needs to know without importing torch: the name, a
+family, a description, which traffic model its bytes follow, whether it is a candidate for
+``compare``'s default baseline, and which module the worker should import before the first
+case. Built-ins are declared in ``_BUILTINS`` below; their implementations are in
+flashbench.measure.backends. Plugins register through ``register_backend`` and bring their
+own callables::
+
+    @flashbench.register_backend("my-attention")
+    def my_attention(q, k, v, *, causal: bool, scale: float):
+        ...  # q: (batch, heads, seq, head_dim); k, v: (batch, kv_heads, kv_len, head_dim)
+
+A plugin may also give ``unsupported(case) -> reason | None``, ``resolve(q, k, v, *, causal)
+-> name`` and ``baseline=True``, or register a *prepare* function (``prepare=True``) that takes
+the same arguments and returns the zero-argument call to time, so that its set-up (compiling,
+tuning) stays outside every sample.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, TypeVar
+
+from flashbench.core.cases import Case
+
+__all__ = ["Algorithm", "BackendSpec", "Family", "algorithm_of", "backends", "baseline_names",
+           "builtin_names", "names", "plugin_specs", "register_backend", "restore_plugins"]
+
+Family = Literal["triton", "sdpa", "naive", "plugin"]
+Algorithm = Literal["flash", "naive", "math"]  # traffic models, flashbench.core.costs
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Names travel through comma-separated flags, table headers and file names.
+_VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    name: str
+    family: Family
+    description: str
+    algorithm: Algorithm = "flash"  # the traffic model its hbm_bytes follow (flashbench.core.costs)
+    baseline: bool = False  # compare's default baseline is the fastest of these, per case
+    preload: str | None = None  # imported by the worker at start-up, so that the first case's
+    #                             timeout is about the case, not about importing torch._dynamo
+    source: str = "built-in"  # the file or module that registered it, for messages
+    # A plugin's callables (built-ins have theirs in flashbench.measure.backends).
+    call: Callable[..., Any] | None = None  # forward, or with ``prepares`` a prepare function
+    prepares: bool = False
+    unsupported: Callable[[Case], str | None] | None = None
+    resolve: Callable[..., str] | None = None
+
+
+_SDPA = "flashbench.kernels.sdpa"  # imports torch._dynamo: seconds
+_BUILTINS: tuple[BackendSpec, ...] = (
+    BackendSpec("triton", "triton", "flashbench's Triton FlashAttention-2 kernels",
+                preload="flashbench.kernels.triton_flash"),
+    BackendSpec("sdpa", "sdpa", "PyTorch SDPA, its own choice of backend", baseline=True,
+                preload=_SDPA),
+    BackendSpec("sdpa-flash", "sdpa", "PyTorch SDPA forced to its FlashAttention-2 backend",
+                baseline=True, preload=_SDPA),
+    BackendSpec("sdpa-efficient", "sdpa",
+                "PyTorch SDPA forced to its memory-efficient (xformers) backend", baseline=True,
+                preload=_SDPA),
+    BackendSpec("sdpa-cudnn", "sdpa", "PyTorch SDPA forced to its cuDNN backend", baseline=True,
+                preload=_SDPA),
+    BackendSpec("sdpa-math", "sdpa", "PyTorch SDPA forced to its math (materialized) backend",
+                algorithm="math", baseline=True, preload=_SDPA),
+    BackendSpec("naive", "naive", "materialized S and P, softmax in fp32", algorithm="naive"),
+)
+_BUILTIN_BY_NAME = {b.name: b for b in _BUILTINS}
+_PLUGINS: dict[str, BackendSpec] = {}
+
+
+def _source_of(fn: Callable[..., Any]) -> str:
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    return str(getattr(module, "__file__", None) or getattr(fn, "__module__", "?"))
+
+
+def register_backend(name: str, *, description: str | None = None, baseline: bool = False,
+                     prepare: bool = False, unsupported: Callable[[Case], str | None] | None = None,
+                     resolve: Callable[..., str] | None = None) -> Callable[[F], F]:
+    """Register the decorated function as backend ``name``; it then runs like a built-in one.
+
+    The function is ``fn(q, k, v, *, causal, scale) -> out``, or with ``prepare=True`` a
+    function of the same arguments returning the zero-argument call to time. ``description``
+    defaults to the first line of its docstring.
+    """
+    if not isinstance(name, str) or not _VALID_NAME.match(name):
+        raise ValueError(f"backend name {name!r} must be 1-64 letters, digits or . _ + - "
+                         f"(starting with a letter or digit)")
+    if name in _BUILTIN_BY_NAME:
+        raise ValueError(f"backend name {name!r} is a built-in backend; choose another")
+
+    def decorate(fn: F) -> F:
+        if not callable(fn):
+            raise TypeError(f"register_backend({name!r}) decorates a function, got {fn!r}")
+        source = _source_of(fn)
+        known = _PLUGINS.get(name)
+        # The same file loaded again (a resumed run, a test) may re-register its own names.
+        if known is not None and known.source != source:
+            raise ValueError(f"backend {name!r} is already registered by {known.source}")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        text = description or (doc[0] if doc else f"plugin from {Path(source).name}")
+        _PLUGINS[name] = BackendSpec(name, "plugin", text, baseline=baseline, source=source,
+                                     call=fn, prepares=prepare, unsupported=unsupported,
+                                     resolve=resolve)
+        return fn
+
+    return decorate
+
+
+def plugin_specs() -> dict[str, BackendSpec]:
+    """The plugin backends registered in this process so far, by name."""
+    return dict(_PLUGINS)
+
+
+def restore_plugins(snapshot: dict[str, BackendSpec]) -> None:
+    """Put the plugin registrations back as ``plugin_specs()`` returned them (a failed import)."""
+    _PLUGINS.clear()
+    _PLUGINS.update(snapshot)
+
+
+def backends() -> dict[str, BackendSpec]:
+    """Built-in backends, then plugin backends, by name."""
+    return _BUILTIN_BY_NAME | _PLUGINS
+
+
+def builtin_names() -> tuple[str, ...]:
+    return tuple(_BUILTIN_BY_NAME)
+
+
+def names() -> tuple[str, ...]:
+    return tuple(backends())
+
+
+def baseline_names() -> frozenset[str]:
+    """The backends compare's default baseline is chosen among."""
+    return frozenset(n for n, b in backends().items() if b.baseline)
+
+
+def algorithm_of(backend: str) -> Algorithm:
+    """Which traffic model a backend's bytes follow; a fused kernel's for one not known here."""
+    spec = backends().get(backend)
+    return spec.algorithm if spec is not None else "flash"

@@ -1,0 +1,158 @@
+"""The result row: its fields in named groups, declared once, made blank in one place, validated on read.
+
+A row is one case's result: the case fields (flashbench.core.cases) and the groups below. In
+memory and on disk it is a plain JSON object (a dict), in the order of ``ROW_FIELDS``, so that
+it travels over the worker's pipe and into ``results.jsonl`` as it is; ``Row`` is its schema,
+which every reader checks a row against (``check_row``), so that a damaged or foreign file is
+bad input, never a traceback or a wrong number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+
+from flashbench.core import costs
+from flashbench.core.cases import CASE_FIELDS, SHAPE_FIELDS, Case, Mode, Status
+from flashbench.core.roofline import roofline_fields
+
+__all__ = ["FIELD_GROUPS", "RESULT_FIELDS", "ROW_FIELDS", "Row", "RowError", "blank_row",
+           "by_shape", "check_row", "device_fields", "finite_or_none"]
+
+# What each group of fields says about the case (README, "Results on disk").
+FIELD_GROUPS: dict[str, tuple[str, ...]] = {
+    "outcome": ("status", "error", "resolved_backend"),
+    "where": ("device", "timer", "l2"),
+    "latency": ("samples_ms", "median_ms", "mean_ms", "std_ms", "min_ms", "p20_ms", "p80_ms",
+                "n_samples"),
+    "rates": ("flops", "tflops", "hbm_bytes", "gbps", "arith_intensity", "pct_peak_flops",
+              "pct_peak_bw"),
+    "memory": ("peak_alloc_bytes", "peak_reserved_bytes", "nvml_used_bytes"),
+    "accuracy": ("max_abs_err", "rel_err"),
+    "setup": ("setup_ms",),
+    "telemetry": ("sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "throttle",
+                  "nvml_mem_util_pct", "gpu_mem_used_bytes"),
+    "device": ("device_index", "gpu_uuid"),  # stamped by the sweep: which device measured it
+    "crash": ("stderr_tail",),  # only on crash and timeout rows
+}
+RESULT_FIELDS: tuple[str, ...] = tuple(f for group in ("outcome", "where", "latency", "rates",
+                                                        "memory", "accuracy", "setup",
+                                                        "telemetry")
+                                       for f in FIELD_GROUPS[group])
+ROW_FIELDS: tuple[str, ...] = (*CASE_FIELDS, *(f for g in FIELD_GROUPS.values() for f in g))
+
+Number = float | None  # JSON numbers; NaN and infinity are written as null
+Count = StrictInt | None
+
+
+class Row(BaseModel):
+    """The schema of a result row. Unknown extra fields (a newer flashbench's) are kept."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    backend: StrictStr
+    mode: Mode
+    batch: StrictInt
+    heads: StrictInt
+    kv_heads: StrictInt
+    seq_len: StrictInt
+    kv_len: StrictInt
+    head_dim: StrictInt
+    dtype: Literal["fp16", "bf16", "fp32"]
+    causal: StrictBool
+    status: Status
+    error: StrictStr | None = None
+    resolved_backend: StrictStr | None = None
+    device: StrictStr | None = None
+    timer: StrictStr | None = None
+    l2: Literal["cold", "hot"] | None = None
+    samples_ms: list[float] = []
+    median_ms: Number = None
+    mean_ms: Number = None
+    std_ms: Number = None
+    min_ms: Number = None
+    p20_ms: Number = None
+    p80_ms: Number = None
+    n_samples: Count = None
+    flops: Count = None
+    tflops: Number = None
+    hbm_bytes: Count = None
+    gbps: Number = None
+    arith_intensity: Number = None
+    pct_peak_flops: Number = None
+    pct_peak_bw: Number = None
+    peak_alloc_bytes: Count = None
+    peak_reserved_bytes: Count = None
+    nvml_used_bytes: Count = None
+    max_abs_err: Number = None
+    rel_err: Number = None
+    setup_ms: Number = None
+    sm_clock_mhz: Number = None
+    mem_clock_mhz: Number = None
+    power_w: Number = None
+    temp_c: Number = None
+    throttle: StrictStr | None = None
+    nvml_mem_util_pct: Number = None
+    gpu_mem_used_bytes: Count = None
+    device_index: Count = None
+    gpu_uuid: StrictStr | None = None
+    stderr_tail: StrictStr | None = None
+
+
+class RowError(ValueError):
+    """A row that does not fit the schema: ``field`` names the first field that is wrong."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def check_row(data: Any) -> dict[str, Any]:
+    """``data`` if it is a valid row (raises RowError naming the field otherwise)."""
+    if not isinstance(data, dict):
+        raise RowError("row", f"expected a JSON object, got {type(data).__name__}")
+    try:
+        # As JSON, the way rows are stored: enums are their strings, and a boolean is no number.
+        Row.model_validate_json(json.dumps(data, default=str))
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "row"
+        raise RowError(field, first["msg"][:1].lower() + first["msg"][1:]) from None
+    return data
+
+
+def blank_row(case: Case, device: str, l2: str) -> dict[str, Any]:
+    """The row of ``case`` before anything is measured: every field, the counts filled in.
+
+    The worker sends it before measuring, so a worker that dies mid-case still leaves a row
+    that says what the case was and what it would have cost.
+    """
+    row: dict[str, Any] = case.to_dict() | dict.fromkeys(RESULT_FIELDS)
+    row.update(device=device, l2=l2, samples_ms=[],
+               timer="cuda-events" if device.startswith("cuda") else "perf-counter",
+               flops=costs.flops(case), hbm_bytes=costs.hbm_bytes(case))
+    row.update(roofline_fields(row, None))
+    return row
+
+
+def device_fields(device_index: int, gpu_uuid: str | None) -> dict[str, Any]:
+    return {"device_index": device_index, "gpu_uuid": gpu_uuid}
+
+
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN or infinity: an absent figure is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def by_shape(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """Rows grouped by shape (every case field but the backend), each group by backend, in
+    order of first appearance: the side-by-side view of a run."""
+    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[f] for f in SHAPE_FIELDS), {})[r["backend"]] = r
+    return groups
