@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
 # Reference runs on the lent GPU machine in one call: the card's ceilings (calibrated once per
 # machine), optionally the GPU tests, then one sweep per preset, each packed into
-# $OUT/<preset>.tar.gz (meta.json, results.jsonl, table.txt, run.stderr) as soon as it ends.
-# Usage (from the repository root): bash scripts/device_references.sh [--tests] PRESET...
+# $OUT/<preset>.tar.gz (meta.json, results.jsonl, table.txt, run.stderr) as soon as it ends,
+# and optionally `flashbench profile` of its default shape, full and causal, packed into
+# $OUT/profiles.tar.gz.
+# Usage (from the repository root): bash scripts/device_references.sh [--tests] [--profiles] PRESET...
 set -uo pipefail
 source scripts/device_setup.sh
 export FLASHBENCH_CACHE_DIR=${FLASHBENCH_CACHE_DIR:-/tmp/flashbench-cache}  # tuning, ceilings
-if [[ "${1:-}" == "--tests" ]]; then
+while [[ "${1:-}" == --* ]]; do
+  case "$1" in
+    --tests) tests=1 ;;
+    --profiles) profiles=1 ;;
+  esac
   shift
-  tests=1
-fi
+done
 if ! flashbench calibrate --show >/dev/null 2>&1; then
   echo "== flashbench calibrate" | tee -a "$log"
   flashbench calibrate --no-progress >"$OUT/calibrate.txt" 2>&1
@@ -30,3 +35,13 @@ for preset in "$@"; do
   tail -n 4 "$dir/run.stderr"
   tar -czf "$OUT/$preset.tar.gz" -C "$dir" meta.json results.jsonl table.txt run.stderr
 done
+if [[ -n "${profiles:-}" ]]; then
+  for mask in --no-causal --causal; do
+    echo "== flashbench profile $mask ($(date -u +%T))" | tee -a "$log"
+    flashbench profile "$mask" --out /tmp/profiles >"/tmp/profiles-$mask.txt" 2>&1
+    echo "exit $?" | tee -a "$log"
+    cat "/tmp/profiles-$mask.txt"
+  done
+  cp /tmp/profiles-*.txt /tmp/profiles/
+  tar -czf "$OUT/profiles.tar.gz" -C /tmp profiles
+fi

@@ -179,3 +179,37 @@ def test_entry_point_group_loads_installed_plugins(tmp_path, monkeypatch):
     result = invoke("list", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "ep-identity" in result.stdout and "Returns q." in result.stdout
+
+
+def test_a_plugin_may_give_prepare_unsupported_resolve_and_be_a_baseline():
+    from flashbench.results.compare import compare_backends
+
+    prepared = []
+
+    @registry.register_backend("prep-sdpa", prepare=True, baseline=True,
+                               unsupported=lambda case: "no fp16 here" if case.dtype == "fp16"
+                               else None,
+                               resolve=lambda q, k, v, *, causal: "prep-sdpa/math")
+    def prepare(q, k, v, *, causal, scale):
+        """SDPA behind a prepare step that runs once, outside the samples."""
+        import torch.nn.functional as F
+
+        prepared.append(q.shape)
+        return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
+                                                      enable_gqa=True)
+
+    policy = TimingPolicy(l2="hot", warmup_ms=0, budget_ms=5, min_samples=3, max_samples=10)
+    case = Case(backend="prep-sdpa", mode=Mode.FWD, batch=1, heads=4, kv_heads=2, seq_len=24,
+                kv_len=24, head_dim=32, dtype="fp32", causal=True)
+    row = measure_case(case, torch.device("cpu"), policy)
+    assert row["status"] == "ok" and row["rel_err"] < 1e-6 and row["n_samples"] >= 3
+    assert row["resolved_backend"] == "prep-sdpa/math"
+    assert len(prepared) == 1  # prepared once; the samples only call what it returned
+    fp16 = measure_case(Case(**(case.to_dict() | {"mode": Mode.FWD, "dtype": "fp16"})),
+                        torch.device("cpu"), policy)
+    assert fp16["status"] == "unsupported" and fp16["error"] == "no fp16 here"
+    # Declared a baseline: compare's default baseline is the fastest of the baselines.
+    naive = dict(row, backend="naive", median_ms=row["median_ms"] * 3)
+    frame = compare_backends([row, naive])
+    assert frame["baseline"].iloc[0] == "prep-sdpa"
+    assert frame["naive:speedup"].iloc[0] == pytest.approx(1 / 3)

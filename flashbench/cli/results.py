@@ -50,8 +50,9 @@ def report(
 ) -> None:
     """A run as CSV (every field, one row per case), Markdown, JSON or one self-contained HTML
     page (plots need matplotlib; without it the page has its tables and says so)."""
-    choice("--format", fmt, ("csv", "markdown", "json", "html"))
-    from flashbench.output.report import PLOT_HINT, plots_available, render_report
+    from flashbench.output.report import FORMATS, PLOT_HINT, plots_available, render_report
+
+    choice("--format", fmt, FORMATS)
     from flashbench.results.store import load_run
 
     rows, meta, _ = load_run(run, results_dir)

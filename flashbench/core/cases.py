@@ -17,7 +17,7 @@ __all__ = [
     "SHAPE_FIELDS",
     "Status",
     "case_key",
-    "is_decode_shape",
+    "is_decode_step",
 ]
 
 
@@ -80,11 +80,6 @@ class Case:
                 self.head_dim, self.dtype, self.causal)
 
     @property
-    def is_decode(self) -> bool:
-        """A few new query tokens against a longer KV cache: the inference decode step."""
-        return is_decode_shape(self.seq_len, self.kv_len)
-
-    @property
     def seed(self) -> int:
         """A stable per-case seed, so inputs are fresh per case yet reproducible."""
         return zlib.crc32(repr(self.to_dict()).encode())
@@ -120,7 +115,7 @@ def case_key(case: dict) -> tuple:
     return tuple(case[f] for f in CASE_FIELDS)
 
 
-def is_decode_shape(seq_len, kv_len):
+def is_decode_step(seq_len, kv_len):
     """A few new query tokens (at most 16) against a longer KV cache: the inference decode step.
 
     Works on numbers and on pandas columns alike."""

@@ -32,7 +32,7 @@ class LatencyStats:
         return self.iqr_ms / self.median_ms if self.median_ms > 0 else math.inf
 
     def to_row(self) -> dict[str, float | int]:
-        """The latency fields of a result row (design.md)."""
+        """The latency fields of a result row (flashbench.core.rows, group "latency")."""
         return {
             "median_ms": self.median_ms, "mean_ms": self.mean_ms, "std_ms": self.std_ms,
             "min_ms": self.min_ms, "p20_ms": self.p20_ms, "p80_ms": self.p80_ms,

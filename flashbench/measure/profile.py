@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from flashbench.core.cases import Case, Status
+from flashbench.core.cases import Case, RunStatus, Status
 from flashbench.core.config import expand_cases, validate_config
 from flashbench.core.errors import UserError
 from flashbench.core.subprocesses import python_module_command
@@ -37,7 +37,8 @@ __all__ = ["DEFAULT_PROFILE", "NCU_METRICS", "PROFILE_FILE", "Profile", "find_nc
 
 PROFILE_FILE = "profile.json"
 
-# The shape the issue's evidence asks about: long enough that naive's N×N passes dominate.
+# Long enough that naive attention's N×N passes dominate its traffic (a GPU shape: on a CPU,
+# under Triton's interpreter, it takes hours, and `flashbench profile` says so first).
 DEFAULT_PROFILE: dict[str, Any] = {"backends": ["naive", "sdpa-flash", "triton"], "batch": 4,
                                    "heads": 16, "seq_len": 4096, "head_dim": 128,
                                    "dtype": "bf16", "causal": False, "mode": "fwd"}
@@ -271,7 +272,7 @@ def run_profile(cases: list[Case], device, *, out: Path, ncu: str | None, reps: 
     for case in cases:
         log(f"profiling {case.label()}" + (" (+ ncu)" if ncu else ""))
         results.append(profile_case(case, device, ncu=ncu, reps=reps))
-    meta = {"kind": "profile", "status": "completed", "started_at": started,
+    meta = {"kind": "profile", "status": RunStatus.COMPLETED, "started_at": started,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": command,
             "ncu": ncu, "reps": reps,
             "case": {k: v for k, v in cases[0].to_dict().items() if k != "backend"},

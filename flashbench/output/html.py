@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import numbers
 import shlex
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flashbench.output.formats import binary_size, number
 from flashbench.output.machine import environment_items
 
 __all__ = ["render_html"]
@@ -88,10 +88,7 @@ def _cell(value: Any, group: bool = False) -> tuple[str, bool]:
     if isinstance(value, numbers.Integral):
         return (f"{value:,}" if group else str(value)), True
     if isinstance(value, numbers.Real):
-        v = float(value)
-        if math.isinf(v):
-            return ("∞" if v > 0 else "−∞"), True
-        return (f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"), True
+        return number(float(value)), True
     return str(value), False
 
 
@@ -124,17 +121,10 @@ def _table(frame: pd.DataFrame) -> str:
             + "\n</tbody></table></div>")
 
 
-def _binary_size(n: int) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
 def _env_value(key: str, value: Any) -> str:
     # Versions such as cudnn 91900 stay as they are; byte counts get a readable size too.
     if key.endswith("_bytes") and isinstance(value, numbers.Integral):
-        return f"{value:,} ({_binary_size(value)})"
+        return f"{value:,} ({binary_size(value)})"
     if isinstance(value, list) and key == "command":
         return shlex.join(map(str, value))
     return _cell(value)[0]

@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.text import Text
 
+from flashbench.core.cases import Status
+
 from flashbench.output.fit import Column, Grid
 
 __all__ = ["backends_grid", "ceilings_grid", "ceilings_text", "environment_grid",
@@ -101,8 +103,9 @@ def profile_grid(results: list[dict[str, Any]], title: str) -> Grid:
         + ("" if cpu else " · measured: ncu dram__bytes_read.sum + dram__bytes_write.sum over "
                           "every kernel of one call, caches flushed before each kernel")
     return Grid(title, [col("backend", [r["backend"] for r in results], justify="left")], [("", [
-        col("status", [r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error'] or ''}"
-                       for r in results], justify="left", fold=True),
+        col("status", [str(r["status"]) if r["status"] == Status.OK
+                       else f"{r['status']}: {r['error'] or ''}" for r in results],
+            justify="left", fold=True),
         col("ops" if cpu else "kernels", [str(len(r["kernels"])) for r in results]),
         col("launches", [f"{sum(k['launches_per_call'] for k in r['kernels']):g}"
                          for r in results]),

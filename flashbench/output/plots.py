@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from flashbench.core.cases import is_decode_shape
+from flashbench.core.cases import Status, is_decode_step
 from flashbench.core.registry import builtin_names
+from flashbench.output.formats import binary_size, tokens
 from flashbench.core.roofline import attainable_tflops, peak_tflops, ridge_intensity
 
 __all__ = ["make_plots"]
@@ -62,17 +63,11 @@ def _timed(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _length_label(n: float, _pos: Any = None) -> str:
-    """Token counts as 512, 1k, 8k, 1.5k (binary thousands, as sweeps are powers of two)."""
-    if n >= 1024 and n % 256 == 0:
-        return f"{n / 1024:g}k"
-    return f"{n:g}"
+    return tokens(n)
 
 
 def _bytes_label(n: float, _pos: Any = None) -> str:
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:g} {unit}"
-    return f"{n:g} B"
+    return binary_size(n, digits=-1)
 
 
 def _plain_label(v: float, _pos: Any = None) -> str:
@@ -258,7 +253,7 @@ def _headline(data: pd.DataFrame, gpu_name: str, colors: dict[str, str]) -> Figu
     """Per shape, each backend's median over the fastest's: who wins, and by how much."""
     shape = [f for f in ("mode", "dtype", "batch", "heads", "kv_heads", "seq_len", "kv_len",
                          "head_dim", "causal") if f in data]
-    ok = data[data["status"] == "ok"] if "status" in data else data
+    ok = data[data["status"] == Status.OK] if "status" in data else data
     ok = ok[ok["median_ms"] > 0]
     groups = [(dict(zip(shape, k)), g) for k, g in ok.groupby(shape, sort=True)
               if g["backend"].nunique() > 1]
@@ -320,7 +315,7 @@ def make_plots(frame: pd.DataFrame, out_dir: Path, gpu_name: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     colors = _backend_colors(list(data["backend"]))
     prefill = data[data["seq_len"] == data["kv_len"]]
-    decode = data[is_decode_shape(data["seq_len"], data["kv_len"])]
+    decode = data[is_decode_step(data["seq_len"], data["kv_len"])]
     length = "sequence length N (tokens)"
 
     def linear_from_zero(ax: Axes) -> None:
