@@ -4,6 +4,13 @@ import os
 import pytest
 import torch
 
+# The tests' own cache folder (tuning winners, ceilings, device locks): never the user's, and
+# never shared with another test session on the same machine.
+if "FLASHBENCH_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["FLASHBENCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="flashbench-tests-cache-")
+
 # Must happen before anything imports triton: the interpreter is chosen at import time.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -2,6 +2,7 @@
 
 import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -125,11 +126,11 @@ def test_resume_refuses_what_is_not_a_resumable_run(finished_run, tmp_path, make
 
 
 def test_a_run_being_written_cannot_be_resumed(finished_run):
-    lock = open(finished_run / ".lock", "a")
+    lock = os.open(finished_run, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the writing process holds it
         result = invoke("run", "--resume", finished_run, "--no-progress", "--no-isolate")
     finally:
-        lock.close()
+        os.close(lock)
     assert result.exit_code == 2
     assert "is being written by another flashbench process" in result.stderr

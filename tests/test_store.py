@@ -69,11 +69,11 @@ def test_a_torn_last_line_is_cut_before_new_rows(tmp_path):
     run.close()
     with open(run.results_path, "a") as f:
         f.write('{"backend": "naive", "b"')  # the writer died here
-    assert run.drop_torn_tail() is True
+    assert run.repair_tail() == "cut"
     run.append(row(3))
     run.close()
     assert read_rows(run.path) == [row(1), row(3)]
-    assert run.drop_torn_tail() is False  # a clean file is left alone
+    assert run.repair_tail() is None  # a clean file is left alone
 
 
 def test_a_run_is_locked_by_its_writer(tmp_path):

@@ -37,6 +37,12 @@ SHARD = typer.Option(None, help="Run only shard I of N (e.g. 2/4, counted from 1
                                 "for job arrays; combine the shards with flashbench merge.")
 OUT = typer.Option(Path("results"), "--out", "-o", help="Folder for run folders.")
 STRICT = typer.Option(False, help="Exit 1 if any case errored, mismatched, crashed or timed out.")
+WAIT = typer.Option(True, "--wait/--no-wait",
+                    help="When another sweep is measuring on the device: wait for it, or "
+                         "(--no-wait) refuse at once, exit 2.")
+SHARED = typer.Option(False, "--allow-shared-device",
+                      help="Measure even while another sweep uses the device (both sweeps' "
+                           "timings then suffer).")
 
 
 @command(short_help="Sweep cases over backends: a table, and a run folder.")
@@ -51,7 +57,8 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
         budget_ms: Optional[float] = BUDGET_MS, case_timeout: Optional[float] = CASE_TIMEOUT,
         plugin: Optional[list[Path]] = PLUGINS, resume: Optional[str] = RESUME,
         isolate: bool = ISOLATE, devices: Optional[str] = DEVICES, shard: Optional[str] = SHARD,
-        out: Path = OUT, progress: bool = PROGRESS, strict: bool = STRICT) -> None:
+        out: Path = OUT, progress: bool = PROGRESS, strict: bool = STRICT, wait: bool = WAIT,
+        allow_shared_device: bool = SHARED) -> None:
     """Sweep the configured cases over the backends; print a table, save results/<run-id>/.
 
     Exit 0 when the sweep finished, 1 with --strict and a failed case, 2 for bad input, 130
@@ -71,7 +78,8 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
 
     options = SweepOptions(command=["flashbench", *sys.argv[1:]], progress=progress,
                            isolate=isolate, plugins=[str(p) for p in plugin or []],
-                           devices=devices)
+                           devices=devices, device_lock="share" if allow_shared_device
+                           else "wait" if wait else "refuse")
     try:
         result = launch(SweepRequest(out=out, config=config, overrides=overrides, resume=resume,
                                      shard=shard, options=options))

@@ -14,21 +14,40 @@ from typing import Any, Iterator
 from flashbench.core.errors import UserError
 from flashbench.core.rows import RowError, check_row, finite_or_none
 
-__all__ = ["RunFolder", "check_root", "create_run", "find_run", "load_run", "open_run",
-           "prepare_root", "read_meta", "read_rows"]
+__all__ = ["RunFolder", "WriteFailed", "check_root", "create_run", "find_run", "load_run",
+           "open_run", "prepare_root", "read_meta", "read_rows"]
 
 META = "meta.json"
 RESULTS = "results.jsonl"
-LOCK = ".lock"
+
+
+class WriteFailed(Exception):
+    """A run's file could not be written (a full disk, a vanished folder): the sweep stops,
+    and what was written before stays."""
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """The file whole, or as it was: a temporary file beside it, then a rename; no temporary
+    file is left behind when the write fails (ENOSPC)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def _complete_row(line: bytes) -> bool:
+    """Whether a line is a whole, valid row (a writer that died after it, before its newline)."""
+    try:
+        check_row(json.loads(line))
+    except (ValueError, RowError):
+        return False
+    return True
 
 
 class RunFolder:
@@ -42,9 +61,10 @@ class RunFolder:
     def lock(self) -> None:
         """Hold the run for this process: a second writer (a resume while it runs) is refused.
 
-        An flock, so that the kernel releases it when the process dies, however it dies.
+        An flock on the run folder itself, so that the kernel releases it when the process
+        dies, however it dies, and no lock file is left behind.
         """
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -53,19 +73,35 @@ class RunFolder:
                             ) from None
         self._lock = fd
 
-    def drop_torn_tail(self) -> bool:
-        """Cut a last line that a dying writer left unfinished, so that new rows start clean."""
+    def repair_tail(self) -> str | None:
+        """Mend the end of ``results.jsonl`` after a writer died, before anything reads it.
+
+        A last line without its newline is kept (the newline added) when it is a whole, valid
+        row (the writer died between the two writes), and cut when it is torn (its case runs
+        again). Returns "kept", "cut", or None when there was nothing to mend.
+        """
         try:
             with open(self.results_path, "rb+") as f:
                 data = f.read()
                 if not data or data.endswith(b"\n"):
-                    return False
-                f.truncate(data.rfind(b"\n") + 1)
+                    return None
+                start = data.rfind(b"\n") + 1
+                if _complete_row(data[start:]):
+                    f.write(b"\n")
+                    outcome = "kept"
+                else:
+                    f.truncate(start)
+                    outcome = "cut"
                 f.flush()
                 os.fsync(f.fileno())
         except FileNotFoundError:
-            return False
-        return True
+            return None
+        return outcome
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary meta files of writers that died mid-write (never a complete meta.json)."""
+        for stale in self.path.glob(f".{META}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     @property
     def meta_path(self) -> Path:
@@ -79,17 +115,36 @@ class RunFolder:
         _write_atomic(self.meta_path, json.dumps(meta, indent=2, default=str) + "\n")
 
     def append(self, row: dict[str, Any]) -> None:
-        """Write one row and push it to the disk now, so that an interrupted run loses nothing."""
-        if self._results is None:
-            self._results = open(self.results_path, "a")
+        """Write one row and push it to the disk now, so that an interrupted run loses nothing.
+
+        Raises WriteFailed when the disk refuses it (full, gone)."""
         line = json.dumps({k: finite_or_none(v) for k, v in row.items()}, default=str)
-        self._results.write(line + "\n")
-        self._results.flush()
-        os.fsync(self._results.fileno())
+        try:
+            if self._results is None:
+                self._results = open(self.results_path, "a")
+            self._results.write(line + "\n")
+            self._results.flush()
+            os.fsync(self._results.fileno())
+        except OSError as e:
+            raise WriteFailed(f"cannot write {self.results_path}: {e.strerror or e}") from None
+        if self.vanished():  # rows now go to a deleted file: stop before more are lost
+            raise WriteFailed(f"{self.results_path} was deleted while the run wrote to it")
+
+    def vanished(self) -> bool:
+        """Whether results.jsonl was deleted (or replaced) while this run was writing it."""
+        if self._results is None:
+            return not self.results_path.exists()
+        try:
+            return os.stat(self.results_path).st_ino != os.fstat(self._results.fileno()).st_ino
+        except FileNotFoundError:
+            return True
 
     def close(self) -> None:
         if self._results is not None:
-            self._results.close()
+            try:
+                self._results.close()
+            except OSError:  # the last flush failed (a full disk): the rows before it are kept
+                pass
             self._results = None
         if self._lock is not None:
             os.close(self._lock)  # releases the flock

@@ -14,9 +14,10 @@ __all__ = ["Interrupt"]
 class Interrupt:
     """The user's wish to stop, as flags the sweep reads between cases and while it waits.
 
-    The first Ctrl-C asks to stop after the current case; a second Ctrl-C, or SIGTERM (a job
-    scheduler's "stop now"), abandons the current case. With ``raise_on_abandon`` (cases that
-    run in this process, which no flag can reach) abandoning raises KeyboardInterrupt instead.
+    The first Ctrl-C asks to stop after the current case; a second Ctrl-C, SIGTERM (a job
+    scheduler's "stop now") or SIGHUP (the terminal went away) abandons the current case. With
+    ``raise_on_abandon`` (cases that run in this process, which no flag can reach) abandoning
+    raises KeyboardInterrupt instead.
     Handlers are installed only in the main thread, where Python delivers signals.
     """
 
@@ -28,7 +29,11 @@ class Interrupt:
 
     def __enter__(self) -> Interrupt:
         if threading.current_thread() is threading.main_thread():
-            for sig, handler in ((signal.SIGINT, self._on_sigint), (signal.SIGTERM, self._on_sigterm)):
+            # SIGHUP (the terminal or the ssh session closed) ends a sweep as SIGTERM does:
+            # rows kept, the run marked interrupted, resumable.
+            for sig, handler in ((signal.SIGINT, self._on_sigint),
+                                 (signal.SIGTERM, self._on_sigterm),
+                                 (signal.SIGHUP, self._on_sigterm)):
                 self._previous[sig] = signal.signal(sig, handler)
         return self
 

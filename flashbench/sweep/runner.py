@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from flashbench.core.config import SweepConfig, expand_cases, validate_config
 from flashbench.core.environment import SAME_MACHINE, environment_differences
 from flashbench.core.errors import UserError
 from flashbench.core.plugins import load_plugins
-from flashbench.results.store import RunFolder, check_root, create_run, find_run, open_run, \
-    read_meta, read_rows
+from flashbench.results.store import RunFolder, WriteFailed, check_root, create_run, find_run, \
+    open_run, read_meta, read_rows
+from flashbench.sweep.device_lock import LockMode, device_locks
 from flashbench.sweep.devices import Device, row_device_fields
 from flashbench.sweep.executors import Executor, Interrupted, WorkerStartError
 from flashbench.sweep.interrupts import Interrupt
@@ -38,6 +40,7 @@ class SweepOptions:
     isolate: bool = True  # cases in a worker process (False: here, for a debugger)
     plugins: Sequence[str] = ()  # plugin files, loaded here already (flashbench.core.plugins)
     devices: str | Sequence[str] | None = None  # --devices: one worker per device
+    device_lock: LockMode = "wait"  # a device another sweep is measuring on: wait, refuse, share
 
 
 @dataclass
@@ -76,24 +79,39 @@ def run_sweep(cfg: SweepConfig, out_root: Path, options: SweepOptions = SweepOpt
     with Interrupt(raise_on_abandon=not options.isolate) as interrupt:
         executors = start_executors(cfg, plugin_files, options.isolate, interrupt, pool)
         try:
-            run = create_run(out_root)
-            run.lock()
-            run.results_path.touch()  # a run holds both files, even one of an empty shard
-            meta: dict[str, Any] = {
-                "run_id": run.path.name, "status": RunStatus.RUNNING, "started_at": _now(),
-                "finished_at": None, "command": options.command,
-                "config": cfg.model_dump(mode="json"), "n_cases": len(cases),
-                "plugins": plugin_files, "isolated": options.isolate,
-                "environment": executors[0].environment,
-            }
-            if shard is not None:
-                meta["shard"] = shard.to_meta() | {"grid_cases": len(grid)}
-            if pool is not None:
-                meta["devices"] = devices_meta(pool, executors)
-            return _sweep(run, meta, cases, [], executors, pool, interrupt, cfg,
-                          options.progress)
+            with _locked(executors, options, interrupt):
+                return _new_run(cfg, out_root, options, shard, grid, cases, plugin_files,
+                                executors, pool, interrupt)
         finally:
             close_all(executors)
+
+
+def _locked(executors: list[Executor], options: SweepOptions, interrupt: Interrupt):
+    """The devices of these executors, held for this sweep (flashbench.sweep.device_lock)."""
+    return device_locks([e.environment for e in executors], " ".join(options.command),
+                        mode=options.device_lock, interrupt=interrupt,
+                        log=lambda line: print(line, file=sys.stderr))
+
+
+def _new_run(cfg: SweepConfig, out_root: Path, options: SweepOptions, shard: Shard | None,
+             grid: list[Case], cases: list[Case], plugin_files: list[str],
+             executors: list[Executor], pool: list[Device] | None,
+             interrupt: Interrupt) -> SweepResult:
+    run = create_run(out_root)
+    run.lock()
+    meta: dict[str, Any] = {
+        "run_id": run.path.name, "status": RunStatus.RUNNING, "started_at": _now(),
+        "finished_at": None, "command": options.command,
+        "config": cfg.model_dump(mode="json"), "n_cases": len(cases),
+        "plugins": plugin_files, "isolated": options.isolate,
+        "environment": executors[0].environment,
+    }
+    if shard is not None:
+        meta["shard"] = shard.to_meta() | {"grid_cases": len(grid)}
+    if pool is not None:
+        meta["devices"] = devices_meta(pool, executors)
+    return _sweep(run, meta, cases, [], executors, pool, interrupt, cfg,
+                  options.progress, new=True)
 
 
 def _resumable(ref: str | Path, out_root: Path, case_timeout_s: float | None
@@ -134,6 +152,7 @@ def resume_sweep(ref: str | Path, out_root: Path, options: SweepOptions = SweepO
         devices = [d["device"].removeprefix("cuda:") for d in meta["devices"]]
     run = open_run(path)
     try:
+        _mend(run)
         rows = read_rows(path) if run.results_path.exists() else []
         done = {case_key(r) for r in rows}
         todo = [c for c in cases if case_key(c.to_dict()) not in done]
@@ -151,6 +170,19 @@ def resume_sweep(ref: str | Path, out_root: Path, options: SweepOptions = SweepO
         run.close()
 
 
+def _mend(run: RunFolder) -> None:
+    """Before a resume reads which cases are done: the end of results.jsonl mended, the
+    temporary files of a writer that died removed."""
+    run.remove_stale_temporaries()
+    mended = run.repair_tail()
+    if mended == "kept":
+        print(f"warning: {run.results_path}: its last row had no newline; kept, newline "
+              f"added", file=sys.stderr)
+    elif mended == "cut":
+        print(f"warning: {run.results_path}: cut a torn last line; its case runs again",
+              file=sys.stderr)
+
+
 def _resume_into(run: RunFolder, meta: dict[str, Any], cfg: SweepConfig, cases: list[Case],
                  todo: list[Case], rows: list[dict[str, Any]], pool: list[Device] | None,
                  plugin_files: list[str], options: SweepOptions) -> SweepResult:
@@ -163,26 +195,25 @@ def _resume_into(run: RunFolder, meta: dict[str, Any], cfg: SweepConfig, cases: 
                 raise UserError(f"--resume {run.path}: this machine is not where the run "
                                 f"began ({'; '.join(changed)}); one run must not mix "
                                 f"environments")
-            if run.drop_torn_tail():
-                print(f"warning: {run.results_path}: cut a torn last line; its case runs "
-                      f"again", file=sys.stderr)
             session: dict[str, Any] = {"at": _now(), "isolated": options.isolate,
                                        "command": options.command}
             if pool is not None:
                 session["devices"] = devices_meta(pool, executors)
             meta.update(status=RunStatus.RUNNING, finished_at=None, plugins=plugin_files,
                         n_cases=len(cases), resumed=[*meta.get("resumed", []), session])
-            return _sweep(run, meta, todo, rows, executors, pool, interrupt, cfg,
-                          options.progress)
+            with _locked(executors, options, interrupt):
+                return _sweep(run, meta, todo, rows, executors, pool, interrupt, cfg,
+                              options.progress, new=False)
         finally:
             close_all(executors)
 
 
 def _sweep(run: RunFolder, meta: dict[str, Any], todo: list[Case], rows: list[dict[str, Any]],
            executors: list[Executor], pool: list[Device] | None, interrupt: Interrupt,
-           cfg: SweepConfig, progress: bool) -> SweepResult:
-    """Measure ``todo`` into ``run``, each row on disk as soon as its case finishes."""
-    run.write_meta(meta)
+           cfg: SweepConfig, progress: bool, new: bool) -> SweepResult:
+    """Measure ``todo`` into ``run`` (``new``: made by this call), each row on disk as soon as
+    its case finishes."""
+    _begin(run, meta, new=new)
     if all(e.device == "cpu" for e in executors):
         note = interpreter_warning([c for c in todo if c.backend == "triton"])
         if note:
@@ -203,9 +234,11 @@ def _sweep(run: RunFolder, meta: dict[str, Any], todo: list[Case], rows: list[di
 
             if _measure_all(todo, executors, pool, interrupt, cfg, keep, shown, meta):
                 status = RunStatus.COMPLETED
+        if status == RunStatus.COMPLETED and run.vanished():
+            raise WriteFailed(f"{run.results_path} was deleted during the run")
     except KeyboardInterrupt:  # abandoned in this process (--no-isolate)
         status = RunStatus.INTERRUPTED
-    except WorkerStartError as e:
+    except (WorkerStartError, WriteFailed) as e:
         status = RunStatus.FAILED
         meta["error"] = str(e)
         raise SweepFailed(f"{e}; the {len(rows)} rows so far are kept in {run.path} "
@@ -215,10 +248,45 @@ def _sweep(run: RunFolder, meta: dict[str, Any], todo: list[Case], rows: list[di
         meta["error"] = f"{type(e).__name__}: {e}"
         raise
     finally:
-        meta.update(status=status, finished_at=_now())
-        run.write_meta(meta)
-        run.close()
+        unrecorded = _finish(run, meta, status)
+    if unrecorded is not None:
+        raise SweepFailed(f"{unrecorded}; its {len(rows)} rows are on disk, but meta.json still "
+                          f"says the run is running (flashbench run --resume {run.path} "
+                          f"records it)")
     return SweepResult(run.path, rows, meta, measured)
+
+
+def _begin(run: RunFolder, meta: dict[str, Any], *, new: bool) -> None:
+    """The run's files before the first case; if the disk refuses them, nothing is measured
+    and a new run's folder is removed again (bad input: no room to write results)."""
+    try:
+        if not run.results_path.exists():
+            try:
+                run.results_path.touch()  # a run holds both files, even one of an empty shard
+            except OSError as e:
+                raise WriteFailed(f"cannot write {run.results_path}: {e.strerror or e}") from None
+        run.write_meta(meta)
+    except WriteFailed as e:
+        run.close()
+        if new:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise UserError(f"{e}; nothing was measured") from None
+
+
+def _finish(run: RunFolder, meta: dict[str, Any], status: RunStatus) -> WriteFailed | None:
+    """Record how the run ended; the failure when the disk refuses even that. meta.json then
+    keeps its last state ("running"), which --resume accepts: the rows on disk are what count."""
+    in_flight = sys.exc_info()[0] is not None  # called from a finally: another failure?
+    meta.update(status=status, finished_at=_now())
+    failed = None
+    try:
+        run.write_meta(meta)
+    except WriteFailed as e:
+        failed = e
+        if in_flight:  # that failure is the one reported: say this one too
+            print(f"warning: {e}; meta.json still says the run is running", file=sys.stderr)
+    run.close()
+    return failed
 
 
 def _measure_all(todo: list[Case], executors: list[Executor], pool: list[Device] | None,
