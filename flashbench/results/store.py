@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from flashbench.core.cases import case_key
 from flashbench.core.errors import UserError
 from flashbench.core.rows import RowError, check_row, finite_or_none
 
@@ -247,11 +248,20 @@ def _iter_rows(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def read_rows(run_or_file: Path) -> list[dict[str, Any]]:
-    """Every row of a run folder or a results.jsonl file."""
+    """Every row of a run folder or a results.jsonl file; a case twice is damage (a run
+    measures each case once, a resume only what has no row)."""
     path = run_or_file / RESULTS if run_or_file.is_dir() else run_or_file
     if not path.exists():
         raise UserError(f"no results file at {path}")
-    return list(_iter_rows(path))
+    rows, seen = [], {}
+    for number, row in enumerate(_iter_rows(path), start=1):
+        key = case_key(row)
+        if key in seen:
+            raise UserError(f"{path}: row {number} repeats the case of row {seen[key]} "
+                            f"({row['backend']} N{row['seq_len']}): a damaged results file")
+        seen[key] = number
+        rows.append(row)
+    return rows
 
 
 def load_run(ref: str | Path | None, root: Path) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
