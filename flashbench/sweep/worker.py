@@ -16,7 +16,6 @@ of a segfault or an abort there.
 
 from __future__ import annotations
 
-import ctypes
 import faulthandler
 import importlib
 import json
@@ -39,17 +38,6 @@ def send(conn: Connection, message: dict[str, Any]) -> None:
 
 def receive(conn: Connection) -> dict[str, Any]:
     return json.loads(conn.recv_bytes())
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to kill this process when its parent dies, so that no hung worker outlives a sweep."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the closed pipe ends the worker between cases
-        return
-    if os.getppid() != parent_pid:  # the parent died before the request took effect
-        os._exit(1)
 
 
 def _context_lost(device: Any) -> str | None:
@@ -95,7 +83,7 @@ def _start(hello: dict[str, Any], replies: Connection) -> tuple[Any, ...] | None
         device = select_device(hello["device"])
         from flashbench.core.plugins import load_plugins
 
-        load_plugins(hello["plugins"])
+        load_plugins(hello["plugins"], probe=False)  # the parent probed them already
     except UserError as e:
         send(replies, {"kind": "bad_input", "message": str(e)})
         return None
@@ -152,7 +140,9 @@ def _serve(requests: Connection, replies: Connection) -> int:
 
 def main(argv: list[str]) -> int:
     requests_fd, replies_fd, parent_pid = (int(a) for a in argv)
-    _die_with_parent(parent_pid)
+    from flashbench.core.subprocesses import die_with_parent
+
+    die_with_parent(parent_pid)  # no hung worker outlives a sweep
     # Ctrl-C is the parent's to handle; this process is stopped by a message or killed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable(all_threads=True)

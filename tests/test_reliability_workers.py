@@ -1,0 +1,112 @@
+"""Plugins and worker hygiene, with real processes: plugin imports that end, crash, hang or print.
+
+docs/reliability.md quotes these outcomes.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flashbench.cli import app
+from flashbench.core import plugins, registry
+from sweep_helpers import PLUGINS, rows_of, write_config
+
+FLASHBENCH = [sys.executable, "-m", "flashbench"]
+PROBE_ENV = {"FLASHBENCH_PLUGIN_PROBE_TIMEOUT_S": "3"}
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry(monkeypatch):
+    """The plugins an in-process run loads here are forgotten after the test."""
+    monkeypatch.setattr(registry, "_PLUGINS", {})
+    monkeypatch.setattr(plugins, "_LOADED_FILES", set())
+    monkeypatch.setattr(plugins, "_LOADED_ENTRY_POINTS", set())
+
+
+def flashbench(*args, env=None, timeout=120):
+    return subprocess.run([*FLASHBENCH, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=os.environ | (env or {}))
+
+
+def assert_one_error_line(stderr: str, *fragments: str) -> None:
+    assert stderr.count("\n") == 1 and stderr.startswith("error: "), stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in stderr, stderr
+
+
+# How each plugin's import fails (tests/plugins/import_*.py), and what the one line then says.
+IMPORT_FAULTS = {
+    "import_exit": "the import ended the process (exited with code 0)",
+    "import_segfault": "the import ended the process (killed by SIGSEGV; "
+                       "Fatal Python error: Segmentation fault)",
+    "import_hang": "still importing after 3 s",
+}
+
+
+@pytest.mark.parametrize("command", ["run", "list"])
+@pytest.mark.parametrize("fault", IMPORT_FAULTS)
+def test_a_plugin_whose_import_ends_crashes_or_hangs_is_bad_input(tmp_path, fault, command):
+    plugin, out = PLUGINS / f"{fault}.py", tmp_path / "runs"
+    args = ["--config", write_config(tmp_path / "c.yaml", ["naive"]), "--out", out,
+            "--no-progress"] if command == "run" else ["--device", "cpu"]
+    started = time.monotonic()
+    result = flashbench(command, *args, "--plugin", plugin, env=PROBE_ENV, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr, f"error: plugin {plugin} does not import: ",
+                          IMPORT_FAULTS[fault])
+    assert result.stdout == "" and not out.exists()
+    assert time.monotonic() - started < 40  # the hang is bounded by the probe's 3 s
+
+
+def test_a_malformed_probe_timeout_is_bad_input(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHBENCH_PLUGIN_PROBE_TIMEOUT_S", "soon")
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["run", "--config", str(write_config(tmp_path / "c.yaml",
+                                                                          ["naive"])),
+                                      "--plugin", str(PLUGINS / "fast.py"), "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.stderr == ("error: FLASHBENCH_PLUGIN_PROBE_TIMEOUT_S: 'soon' is not a "
+                             "positive number of seconds\n")
+    assert not out.exists()
+
+
+def test_resume_probes_the_runs_plugins_first(tmp_path):
+    plugin, out = tmp_path / "mine.py", tmp_path / "runs"
+    plugin.write_text((PLUGINS / "fast.py").read_text())
+    config = write_config(tmp_path / "c.yaml", ["fast-sdpa"], causal=(False, True))
+    first = CliRunner().invoke(app, ["run", "--config", str(config), "--plugin", str(plugin),
+                                     "--out", str(out), "--no-progress"])
+    assert first.exit_code == 0, first.output
+    (run_dir,) = out.iterdir()
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    plugin.write_text((PLUGINS / "import_segfault.py").read_text())  # broken since
+    result = flashbench("run", "--resume", run_dir, "--out", out, "--no-progress")
+    assert result.returncode == 2, result.stderr
+    assert_one_error_line(result.stderr, f"error: --resume {run_dir}: plugin {plugin} does not "
+                                         f"import: the import ended the process (killed by "
+                                         f"SIGSEGV")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_a_plugin_that_prints_at_import_leaves_stdout_to_the_table(tmp_path):
+    plugin, out = PLUGINS / "import_prints.py", tmp_path / "runs"
+    config = write_config(tmp_path / "c.yaml", ["prints-identity"])
+    result = flashbench("run", "--config", config, "--plugin", plugin, "--out", out,
+                        "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "import_prints" not in result.stdout and "prints-identity" in result.stdout
+    assert "hello from print()" in result.stderr and "hello from fd 1" in result.stderr
+    (run_dir,) = out.iterdir()
+    assert [r["status"] for r in rows_of(run_dir)] == ["ok"]
+    listed = flashbench("list", "--device", "cpu", "--plugin", plugin)
+    assert listed.returncode == 0, listed.stderr
+    assert "import_prints" not in listed.stdout and "prints-identity" in listed.stdout
+    assert "hello from fd 1" in listed.stderr
+
+
