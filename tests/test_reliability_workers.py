@@ -1,9 +1,12 @@
-"""Plugins and worker hygiene, with real processes: plugin imports that end, crash, hang or print.
+"""Plugins and worker hygiene, with real processes: plugin imports that end, crash, hang or print;
+what a sweep leaves on the machine when it ends or is killed.
 
 docs/reliability.md quotes these outcomes.
 """
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +17,7 @@ from typer.testing import CliRunner
 
 from flashbench.cli import app
 from flashbench.core import plugins, registry
-from sweep_helpers import PLUGINS, rows_of, write_config
+from sweep_helpers import PLUGINS, count_lines, rows_of, wait_for, write_config
 
 FLASHBENCH = [sys.executable, "-m", "flashbench"]
 PROBE_ENV = {"FLASHBENCH_PLUGIN_PROBE_TIMEOUT_S": "3"}
@@ -38,6 +41,15 @@ def assert_one_error_line(stderr: str, *fragments: str) -> None:
     assert "Traceback" not in stderr
     for fragment in fragments:
         assert fragment in stderr, stderr
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only its zombie (reaped by whoever adopted it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 # How each plugin's import fails (tests/plugins/import_*.py), and what the one line then says.
@@ -110,3 +122,41 @@ def test_a_plugin_that_prints_at_import_leaves_stdout_to_the_table(tmp_path):
     assert "hello from fd 1" in listed.stderr
 
 
+def test_the_end_of_a_sweep_ends_what_the_worker_started(tmp_path, monkeypatch):
+    pidfile, out = tmp_path / "daemon.pid", tmp_path / "runs"
+    monkeypatch.setenv("FLASHBENCH_TEST_DAEMON_PIDFILE", str(pidfile))
+    config = write_config(tmp_path / "c.yaml", ["naive", "pid-sdpa"])
+    result = CliRunner().invoke(app, ["run", "--config", str(config), "--plugin",
+                                      str(PLUGINS / "leftovers.py"), "--out", str(out),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = out.iterdir()
+    rows = rows_of(run_dir)
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    daemon = int(pidfile.read_text())
+    wait_for(lambda: gone(daemon), timeout_s=5)
+
+
+def test_a_killed_sweep_leaves_no_worker_log(tmp_path):
+    tmp, out, pidfile = tmp_path / "tmp", tmp_path / "runs", tmp_path / "worker.pid"
+    tmp.mkdir()
+    config = write_config(tmp_path / "c.yaml", ["slow-sdpa"], seq_len=(16, 32),
+                          causal=(False, True))
+    proc = subprocess.Popen(
+        [*FLASHBENCH, "run", "--config", str(config), "--plugin", str(PLUGINS / "slow.py"),
+         "--out", str(out), "--no-progress"],
+        env=os.environ | {"TMPDIR": str(tmp), "FLASHBENCH_TEST_PIDFILE": str(pidfile)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: out.exists() and any(count_lines(p / "results.jsonl") >= 1
+                                              for p in out.iterdir()))
+        assert list(tmp.glob("flashbench-worker-*.log")) == []  # no name even while it runs
+        worker = int(pidfile.read_text())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    wait_for(lambda: gone(worker), timeout_s=10)  # it dies with its parent
+    assert list(tmp.glob("flashbench-*")) == []
+    (run_dir,) = out.iterdir()
+    assert json.loads((run_dir / "meta.json").read_text())["status"] == "running"
