@@ -1,5 +1,6 @@
 """Plugins and worker hygiene, with real processes: plugin imports that end, crash, hang or print;
-what a sweep leaves on the machine when it ends or is killed.
+a worker that cannot import its plugins; what a sweep leaves on the machine when it ends or is
+killed.
 
 docs/reliability.md quotes these outcomes.
 """
@@ -120,6 +121,42 @@ def test_a_plugin_that_prints_at_import_leaves_stdout_to_the_table(tmp_path):
     assert listed.returncode == 0, listed.stderr
     assert "import_prints" not in listed.stdout and "prints-identity" in listed.stdout
     assert "hello from fd 1" in listed.stderr
+
+
+def test_the_workers_plugin_import_timeout_follows_the_case_timeout():
+    from flashbench.sweep.executors import plugin_import_timeout_s
+
+    assert plugin_import_timeout_s(5) == 30  # a floor: plugins that import torch take seconds
+    assert plugin_import_timeout_s(100) == 100
+    assert plugin_import_timeout_s(600) == 300  # the whole start-up's bound
+
+
+def test_a_plugin_that_hangs_only_in_the_workers_import_is_bounded(tmp_path):
+    out = tmp_path / "runs"
+    config = write_config(tmp_path / "c.yaml", ["worker-faults-sdpa"])
+    started = time.monotonic()
+    result = flashbench("run", "--config", config, "--plugin", PLUGINS / "worker_faults.py",
+                        "--case-timeout", "5", "--out", out, "--no-progress",
+                        env={"FLASHBENCH_TEST_WORKER_IMPORT": "hang"}, timeout=150)
+    took = time.monotonic() - started
+    assert result.returncode == 1, result.stderr
+    assert_one_error_line(result.stderr, "error: the worker process did not start (its "
+                                         "plugins were still importing after 30 s)")
+    assert 30 <= took < 90, took  # not the start-up's 300 s
+    assert not out.exists()
+
+
+def test_a_worker_that_crashes_importing_a_plugin_says_why_in_one_line(tmp_path):
+    out = tmp_path / "runs"
+    config = write_config(tmp_path / "c.yaml", ["worker-faults-sdpa"])
+    result = flashbench("run", "--config", config, "--plugin", PLUGINS / "worker_faults.py",
+                        "--out", out, "--no-progress",
+                        env={"FLASHBENCH_TEST_WORKER_IMPORT": "segfault"})
+    assert result.returncode == 1, result.stderr
+    assert_one_error_line(result.stderr, "error: the worker process did not start (killed by "
+                                         "SIGSEGV while importing plugins): Fatal Python "
+                                         "error: Segmentation fault")
+    assert not out.exists()
 
 
 def test_the_end_of_a_sweep_ends_what_the_worker_started(tmp_path, monkeypatch):

@@ -22,12 +22,19 @@ from flashbench.core.rows import blank_row
 from flashbench.core.subprocesses import describe_exit
 from flashbench.sweep.interrupts import Interrupt
 from flashbench.sweep.worker_process import (ABANDONED, STDERR_TAIL_LINES, TIMED_OUT, Died,
-                                             WorkerProcess, fatal_line)
+                                             StartFailed, WorkerProcess, fatal_line)
 
 __all__ = ["STARTUP_TIMEOUT_S", "STDERR_TAIL_LINES", "Executor", "InProcessExecutor",
-           "Interrupted", "WorkerExecutor", "WorkerStartError"]
+           "Interrupted", "WorkerExecutor", "WorkerStartError", "plugin_import_timeout_s"]
 
 STARTUP_TIMEOUT_S = 300.0  # importing torch and initializing CUDA, on a busy machine
+PLUGIN_IMPORT_FLOOR_S = 30.0  # a plugin that imports torch's extras takes seconds
+
+
+def plugin_import_timeout_s(case_timeout_s: float) -> float:
+    """How long the worker's import of the plugins may take: as long as a case (their code may
+    hang just as a case may), but at least 30 s and at most the whole start-up's 300 s."""
+    return min(STARTUP_TIMEOUT_S, max(case_timeout_s, PLUGIN_IMPORT_FLOOR_S))
 
 
 class Interrupted(Exception):
@@ -54,7 +61,7 @@ class WorkerExecutor:
     def __init__(self, device: str, plugins: list[str], backends: list[str],
                  timing: TimingPolicy, interrupt: Interrupt,
                  startup_timeout_s: float = STARTUP_TIMEOUT_S, env: dict[str, str] | None = None,
-                 wait: bool = True):
+                 wait: bool = True, plugin_timeout_s: float = STARTUP_TIMEOUT_S):
         self._hello = {"kind": "hello", "device": device, "plugins": list(plugins),
                        "backends": list(backends), "timing": timing.model_dump()}
         # ``env`` adds to this process's environment (--devices pins a GPU with it).
@@ -64,6 +71,7 @@ class WorkerExecutor:
             self._env.setdefault("TRITON_INTERPRET", "1")
         self._interrupt = interrupt
         self._startup_timeout_s = startup_timeout_s
+        self._plugin_timeout_s = plugin_timeout_s
         self._worker: WorkerProcess | None = None
         self.device: str = device
         self.environment: dict[str, Any] = {}
@@ -86,23 +94,22 @@ class WorkerExecutor:
     def _start(self, *, first: bool, worker: WorkerProcess | None = None) -> dict[str, Any]:
         """A ready worker; bad input (the first time only) is the user's, anything else ours."""
         worker = worker or WorkerProcess(self._hello, self._env)
-        reply = worker.receive(time.monotonic() + self._startup_timeout_s, self._interrupt)
+        reply = worker.wait_ready(self._startup_timeout_s, self._plugin_timeout_s,
+                                  self._interrupt)
+        if not isinstance(reply, dict) or reply["kind"] != "ready":
+            # Not forwarded: a failed start is one line (its reason), not the fault handler's
+            # twenty.
+            worker.close(graceful=False, forward=False)
         if reply is ABANDONED:
-            worker.close(graceful=False)
             raise Interrupted("interrupted while the worker process started; nothing was written")
         if isinstance(reply, dict) and reply["kind"] == "bad_input":
-            worker.close(graceful=False)
             if first:
                 raise UserError(reply["message"])
             raise WorkerStartError(f"a new worker refused what the first accepted: "
                                    f"{reply['message']}")
-        if not isinstance(reply, dict) or reply["kind"] != "ready":
-            how = "timed out" if reply is TIMED_OUT else \
-                describe_exit(reply.returncode) if isinstance(reply, Died) else f"sent {reply!r}"
-            tail = worker.tail()
-            worker.close(graceful=False)
-            last = tail.splitlines()[-1] if tail else "no output"
-            raise WorkerStartError(f"the worker process did not start ({how}): {last}")
+        if isinstance(reply, StartFailed):
+            raise WorkerStartError(f"the worker process did not start ({reply.how})"
+                                   + (f": {reply.reason}" if reply.reason else ""))
         worker.forward_output()
         self._worker = worker
         return reply

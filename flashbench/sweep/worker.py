@@ -6,7 +6,9 @@ whose descriptors are given on the command line:
 
     parent -> worker   {"kind": "hello", "device", "plugins", "backends", "timing"},
                        then {"kind": "case", "case"} per case, or {"kind": "stop"}
-    worker -> parent   {"kind": "ready", "device", "environment"} or {"kind": "bad_input", "message"},
+    worker -> parent   {"kind": "phase", "phase": "plugins"} while it imports the plugins,
+                       {"kind": "phase", "phase": "kernels"} once they are in,
+                       {"kind": "ready", "device", "environment"} or {"kind": "bad_input", "message"},
                        then per case {"kind": "row", "row", "fatal"}
 
 ``fatal`` says the CUDA context is unusable after the case: the worker exits and is replaced.
@@ -83,7 +85,11 @@ def _start(hello: dict[str, Any], replies: Connection) -> tuple[Any, ...] | None
         device = select_device(hello["device"])
         from flashbench.core.plugins import load_plugins
 
+        # The parent bounds the plugins' import by the case timeout (their own code, which
+        # may hang), the rest of the start by its own, longer, timeout (torch, CUDA).
+        send(replies, {"kind": "phase", "phase": "plugins"})
         load_plugins(hello["plugins"], probe=False)  # the parent probed them already
+        send(replies, {"kind": "phase", "phase": "kernels"})
     except UserError as e:
         send(replies, {"kind": "bad_input", "message": str(e)})
         return None

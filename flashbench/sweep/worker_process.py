@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from flashbench.core.subprocesses import (end_group, exit_status, python_module_command,
-                                          wait_exit)
+from flashbench.core.subprocesses import (describe_exit, end_group, exit_status,
+                                          python_module_command, reason_line, wait_exit)
 from flashbench.sweep.interrupts import Interrupt
 from flashbench.sweep.worker import receive as _receive, send as _send
 
-__all__ = ["ABANDONED", "STDERR_TAIL_LINES", "TIMED_OUT", "Died", "WorkerProcess", "fatal_line"]
+__all__ = ["ABANDONED", "STDERR_TAIL_LINES", "TIMED_OUT", "Died", "StartFailed", "WorkerProcess",
+           "fatal_line"]
 
 STDERR_TAIL_LINES = 20
 _POLL_S = 0.2  # how often a wait looks at the interrupt flags and at the worker's life
@@ -37,6 +38,12 @@ ABANDONED = object()
 @dataclass(frozen=True)
 class Died:
     returncode: int
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    how: str  # "killed by SIGSEGV while importing plugins"
+    reason: str  # the one line of its output that says why, or ""
 
 
 def fatal_line(tail: str) -> str:
@@ -110,6 +117,33 @@ class WorkerProcess:
                     pass
                 return Died(status)
 
+    def wait_ready(self, timeout_s: float, plugin_timeout_s: float, interrupt: Interrupt) -> Any:
+        """The worker's ``ready`` or ``bad_input`` message, ABANDONED, or StartFailed.
+
+        The whole start may take ``timeout_s``; the plugins' import alone (their code: it may
+        hang) ``plugin_timeout_s``.
+        """
+        deadline, phase_deadline, phase = time.monotonic() + timeout_s, None, "start"
+        while True:
+            reply = self.receive(min(deadline, phase_deadline or deadline), interrupt)
+            if not (isinstance(reply, dict) and reply.get("kind") == "phase"):
+                break
+            phase = reply["phase"]
+            phase_deadline = time.monotonic() + plugin_timeout_s if phase == "plugins" else None
+        if reply is ABANDONED or isinstance(reply, dict) and reply["kind"] in ("ready",
+                                                                                "bad_input"):
+            return reply
+        during = " while importing plugins" if phase == "plugins" else ""
+        if reply is TIMED_OUT:
+            how = f"its plugins were still importing after {plugin_timeout_s:g} s" \
+                if phase_deadline is not None and phase_deadline < deadline \
+                else f"not ready after {timeout_s:g} s"
+        elif isinstance(reply, Died):
+            how = describe_exit(reply.returncode) + during
+        else:
+            how = f"sent {str(reply)[:100]}"
+        return StartFailed(how, reason_line(self.tail()))
+
     def _reap(self) -> int:
         status = wait_exit(self.proc, _STOP_WAIT_S)
         if status is None:
@@ -146,9 +180,9 @@ class WorkerProcess:
         kept = [line.rstrip() for line in text.splitlines() if line.strip()]
         return "\n".join(kept[-lines:])
 
-    def close(self, graceful: bool = True) -> None:
+    def close(self, graceful: bool = True, forward: bool = True) -> None:
         """Stop the worker (asking first when ``graceful``), kill what is left of its group,
-        forward its output."""
+        forward its output (unless not ``forward``: a failed start says it in one line)."""
         if graceful and exit_status(self.proc) is None:
             try:
                 self.send({"kind": "stop"})
@@ -156,7 +190,8 @@ class WorkerProcess:
             except OSError:
                 pass
         self.kill()  # always: a process a plugin started may outlive a worker that exited
-        self.forward_output()
+        if forward:
+            self.forward_output()
         for conn in (self._requests, self._replies):
             conn.close()
         self._log.close()
