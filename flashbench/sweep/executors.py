@@ -2,8 +2,9 @@
 
 ``WorkerExecutor`` keeps one long-lived worker (flashbench.sweep.worker) for the sweep's device. A
 worker that dies makes its case a ``crash`` row carrying the last lines of its stderr; a case
-that outlives the timeout is a ``timeout`` row and its worker is killed. Either way the next
-case gets a fresh worker (flashbench.sweep.worker_process: the process itself, its group killed whenever it
+that outlives the timeout is a ``timeout`` row and its worker is killed; a case that leaves
+threads or processes running keeps its row, with ``warnings``. Either way the next case gets a
+fresh worker (flashbench.sweep.worker_process: the process itself, its group killed whenever it
 ends). This module imports neither torch nor CUDA: the parent of a sweep must not hold a CUDA
 context, and each worker is a fresh interpreter, never a fork.
 ``InProcessExecutor`` (``--no-isolate``) runs cases here, for debugging: no timeouts, no recovery.
@@ -12,6 +13,7 @@ context, and each worker is a fresh interpreter, never a fork.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Protocol
 
@@ -56,7 +58,8 @@ class Executor(Protocol):
 
 
 class WorkerExecutor:
-    """Cases in a worker process, replaced after a crash or a timeout."""
+    """Cases in a worker process, replaced after a crash, a timeout or a case that left
+    threads or processes running."""
 
     def __init__(self, device: str, plugins: list[str], backends: list[str],
                  timing: TimingPolicy, interrupt: Interrupt,
@@ -144,6 +147,10 @@ class WorkerExecutor:
         row = reply["row"]
         if reply.get("fatal"):
             row["stderr_tail"] = self._drop(graceful=True)
+        elif reply.get("replace"):  # it left threads or processes: the next case gets a fresh one
+            self._drop(graceful=True)
+            for warning in row.get("warnings") or []:
+                print(f"warning: {case.label()}: {warning}", file=sys.stderr)
         else:
             worker.forward_output()
         return row

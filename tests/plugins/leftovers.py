@@ -1,7 +1,8 @@
 """Plugin backends that leave things running after they return: a busy thread, a child process.
 
-Each writes ``NAME PID`` (the process it ran in) to $FLASHBENCH_TEST_PIDFILE when set, and
-``leak-process`` writes ``child PID`` for the child it leaves. Imported in the sweep's worker
+Each writes ``NAME PID THREADS`` (the process it ran in, and how many Python threads run there)
+to $FLASHBENCH_TEST_PIDFILE when set, and ``leak-process`` writes ``child PID`` for the child
+it leaves. Imported in the sweep's worker
 with $FLASHBENCH_TEST_DAEMON_PIDFILE set, the module itself starts a ``sleep 300`` and writes
 its pid there: a helper process a plugin starts at import, which no case is to blame for.
 """
@@ -20,7 +21,7 @@ def _note(name: str, pid: int) -> None:
     path = os.environ.get("FLASHBENCH_TEST_PIDFILE")
     if path:
         with open(path, "a") as f:
-            f.write(f"{name} {pid}\n")
+            f.write(f"{name} {pid} {threading.active_count()}\n")
 
 
 def _in_worker() -> bool:
