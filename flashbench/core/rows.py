@@ -37,6 +37,9 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
                   "nvml_mem_util_pct", "gpu_mem_used_bytes"),
     "device": ("device_index", "gpu_uuid"),  # stamped by the sweep: which device measured it
     "crash": ("stderr_tail",),  # only on crash and timeout rows
+    # Only on rows of cases that left threads or processes running (their worker was
+    # replaced): one line each, e.g. "left 1 thread running (spin); worker replaced".
+    "warnings": ("warnings",),
 }
 RESULT_FIELDS: tuple[str, ...] = tuple(f for group in ("outcome", "where", "latency", "rates",
                                                         "memory", "accuracy", "setup",
@@ -100,6 +103,7 @@ class Row(BaseModel):
     device_index: Count = None
     gpu_uuid: StrictStr | None = None
     stderr_tail: StrictStr | None = None
+    warnings: list[StrictStr] | None = None
 
 
 class RowError(ValueError):

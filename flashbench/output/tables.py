@@ -35,11 +35,14 @@ _VERDICT_STYLE = {"regression": "bold red", "status-regression": "bold red", "mi
 
 
 def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per result, every field flat (raw samples as a ';'-joined string)."""
+    """One row per result, every field flat (raw samples, warnings as joined strings)."""
     frame = pd.DataFrame(list(rows))
     if "samples_ms" in frame:
         frame["samples_ms"] = frame["samples_ms"].map(
             lambda s: ";".join(f"{x:.6g}" for x in s) if isinstance(s, list) else s)
+    if "warnings" in frame:
+        frame["warnings"] = frame["warnings"].map(
+            lambda w: "; ".join(w) if isinstance(w, list) else w)
     return frame
 
 

@@ -2,38 +2,41 @@
 
 ``WorkerExecutor`` keeps one long-lived worker (flashbench.sweep.worker) for the sweep's device. A
 worker that dies makes its case a ``crash`` row carrying the last lines of its stderr; a case
-that outlives the timeout is a ``timeout`` row and its worker is killed. Either way the next
-case gets a fresh worker. This module imports neither torch nor CUDA: the parent of a sweep
-must not hold a CUDA context, and each worker is a fresh interpreter, never a fork.
+that outlives the timeout is a ``timeout`` row and its worker is killed; a case that leaves
+threads or processes running keeps its row, with ``warnings``. Either way the next case gets a
+fresh worker (flashbench.sweep.worker_process: the process itself, its group killed whenever it
+ends). This module imports neither torch nor CUDA: the parent of a sweep must not hold a CUDA
+context, and each worker is a fresh interpreter, never a fork.
 ``InProcessExecutor`` (``--no-isolate``) runs cases here, for debugging: no timeouts, no recovery.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any, Protocol
 
 from flashbench.core.cases import Case, Status
 from flashbench.core.config import TimingPolicy
 from flashbench.core.errors import UserError
 from flashbench.core.rows import blank_row
-from flashbench.core.subprocesses import python_module_command
+from flashbench.core.subprocesses import describe_exit
 from flashbench.sweep.interrupts import Interrupt
-from flashbench.sweep.worker import receive as _receive, send as _send
+from flashbench.sweep.worker_process import (ABANDONED, STDERR_TAIL_LINES, TIMED_OUT, Died,
+                                             StartFailed, WorkerProcess, fatal_line)
 
-__all__ = ["STDERR_TAIL_LINES", "Executor", "InProcessExecutor", "Interrupted", "WorkerExecutor",
-           "WorkerStartError"]
+__all__ = ["STARTUP_TIMEOUT_S", "STDERR_TAIL_LINES", "Executor", "InProcessExecutor",
+           "Interrupted", "WorkerExecutor", "WorkerStartError", "plugin_import_timeout_s"]
 
-STDERR_TAIL_LINES = 20
 STARTUP_TIMEOUT_S = 300.0  # importing torch and initializing CUDA, on a busy machine
-_POLL_S = 0.2  # how often a wait looks at the interrupt flags and at the worker's life
+PLUGIN_IMPORT_FLOOR_S = 30.0  # a plugin that imports torch's extras takes seconds
+
+
+def plugin_import_timeout_s(case_timeout_s: float) -> float:
+    """How long the worker's import of the plugins may take: as long as a case (their code may
+    hang just as a case may), but at least 30 s and at most the whole start-up's 300 s."""
+    return min(STARTUP_TIMEOUT_S, max(case_timeout_s, PLUGIN_IMPORT_FLOOR_S))
 
 
 class Interrupted(Exception):
@@ -54,153 +57,14 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def _describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exited with code {returncode}"
-
-
-class _Died:
-    def __init__(self, returncode: int):
-        self.returncode = returncode
-
-
-_TIMED_OUT = object()
-_ABANDONED = object()
-
-
-class _Worker:
-    """One worker process: two pipes, and a log file that holds its stdout and stderr."""
-
-    def __init__(self, hello: dict[str, Any], env: dict[str, str]):
-        fd, name = tempfile.mkstemp(prefix="flashbench-worker-", suffix=".log")
-        os.close(fd)
-        self.log_path = Path(name)
-        self._forwarded = 0
-        request_r, request_w = os.pipe()
-        reply_r, reply_w = os.pipe()
-        try:
-            with open(self.log_path, "ab") as log:  # append: the worker's writes never overlap
-                # A fresh interpreter (never a fork): it imports nothing of the caller's, its
-                # __main__ included, and no CUDA state can be inherited.
-                self.proc = subprocess.Popen(
-                    [*python_module_command("flashbench.sweep.worker"), str(request_r), str(reply_w),
-                     str(os.getpid())],
-                    pass_fds=(request_r, reply_w), stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=log, env=env,
-                    # Its own session: a terminal's Ctrl-C reaches only the parent, which
-                    # decides, and a kill of the group reaches whatever the worker started.
-                    start_new_session=True)
-        except BaseException:
-            for end in (request_r, request_w, reply_r, reply_w):
-                os.close(end)
-            self.log_path.unlink(missing_ok=True)
-            raise
-        os.close(request_r)  # the worker's ends: closed here so that its death reads as EOF
-        os.close(reply_w)
-        self._requests = Connection(request_w, readable=False)
-        self._replies = Connection(reply_r, writable=False)
-        _send(self._requests, hello)
-
-    def send(self, message: dict[str, Any]) -> None:
-        _send(self._requests, message)
-
-    def receive(self, deadline: float | None, interrupt: Interrupt) -> Any:
-        """The next message, or _Died, _TIMED_OUT or _ABANDONED."""
-        while True:
-            if interrupt.abandon:
-                return _ABANDONED
-            wait = _POLL_S
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return _TIMED_OUT
-                wait = min(wait, left)
-            try:
-                if self._replies.poll(wait):
-                    return _receive(self._replies)
-            except (EOFError, OSError):  # the worker closed its end: it is dying or dead
-                return _Died(self._reap())
-            if self.proc.poll() is not None:
-                try:  # a last message may have arrived just before it exited
-                    if self._replies.poll(0):
-                        return _receive(self._replies)
-                except (EOFError, OSError):
-                    pass
-                return _Died(self.proc.returncode)
-
-    def _reap(self) -> int:
-        try:
-            return self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:  # the whole group: whatever the worker started dies with it
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
-
-    def forward_output(self) -> None:
-        """Pass on what the worker printed since last time (warnings, plugins' prints): to stderr."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self._forwarded)
-                data = f.read()
-        except OSError:
-            return
-        if data:
-            self._forwarded += len(data)
-            sys.stderr.write(data.decode(errors="replace"))
-            sys.stderr.flush()
-
-    def tail(self, lines: int = STDERR_TAIL_LINES) -> str:
-        """The last lines the worker wrote (its fault handler's traceback, after a crash)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(max(0, self.log_path.stat().st_size - 64 * 1024))
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return ""
-        kept = [line.rstrip() for line in text.splitlines() if line.strip()]
-        return "\n".join(kept[-lines:])
-
-    def close(self, graceful: bool = True) -> None:
-        """Stop the worker (asking first when ``graceful``), forward its output, delete its log."""
-        if graceful and self.proc.poll() is None:
-            try:
-                self.send({"kind": "stop"})
-                self.proc.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
-                pass
-        self.kill()
-        self.forward_output()
-        for conn in (self._requests, self._replies):
-            conn.close()
-        self.log_path.unlink(missing_ok=True)
-
-
-def _fatal_line(tail: str) -> str:
-    """What Python's fault handler said killed the worker ('Segmentation fault'), if it did."""
-    for line in tail.splitlines():
-        if line.startswith("Fatal Python error"):
-            return "; " + line.strip()[:200]
-    return ""
-
-
 class WorkerExecutor:
-    """Cases in a worker process, replaced after a crash or a timeout."""
+    """Cases in a worker process, replaced after a crash, a timeout or a case that left
+    threads or processes running."""
 
     def __init__(self, device: str, plugins: list[str], backends: list[str],
                  timing: TimingPolicy, interrupt: Interrupt,
                  startup_timeout_s: float = STARTUP_TIMEOUT_S, env: dict[str, str] | None = None,
-                 wait: bool = True):
+                 wait: bool = True, plugin_timeout_s: float = STARTUP_TIMEOUT_S):
         self._hello = {"kind": "hello", "device": device, "plugins": list(plugins),
                        "backends": list(backends), "timing": timing.model_dump()}
         # ``env`` adds to this process's environment (--devices pins a GPU with it).
@@ -210,13 +74,14 @@ class WorkerExecutor:
             self._env.setdefault("TRITON_INTERPRET", "1")
         self._interrupt = interrupt
         self._startup_timeout_s = startup_timeout_s
-        self._worker: _Worker | None = None
+        self._plugin_timeout_s = plugin_timeout_s
+        self._worker: WorkerProcess | None = None
         self.device: str = device
         self.environment: dict[str, Any] = {}
         # Started in the caller's thread: the worker asks Linux to kill it when the thread that
         # started it ends (PR_SET_PDEATHSIG follows threads, not processes), so a thread that
         # only waits for it to be ready must not start it.
-        self._first: _Worker | None = _Worker(self._hello, self._env)
+        self._first: WorkerProcess | None = WorkerProcess(self._hello, self._env)
         if wait:
             self.wait_ready()
 
@@ -229,26 +94,25 @@ class WorkerExecutor:
         self.device = ready["device"]
         self.environment = ready["environment"]
 
-    def _start(self, *, first: bool, worker: _Worker | None = None) -> dict[str, Any]:
+    def _start(self, *, first: bool, worker: WorkerProcess | None = None) -> dict[str, Any]:
         """A ready worker; bad input (the first time only) is the user's, anything else ours."""
-        worker = worker or _Worker(self._hello, self._env)
-        reply = worker.receive(time.monotonic() + self._startup_timeout_s, self._interrupt)
-        if reply is _ABANDONED:
-            worker.close(graceful=False)
+        worker = worker or WorkerProcess(self._hello, self._env)
+        reply = worker.wait_ready(self._startup_timeout_s, self._plugin_timeout_s,
+                                  self._interrupt)
+        if not isinstance(reply, dict) or reply["kind"] != "ready":
+            # Not forwarded: a failed start is one line (its reason), not the fault handler's
+            # twenty.
+            worker.close(graceful=False, forward=False)
+        if reply is ABANDONED:
             raise Interrupted("interrupted while the worker process started; nothing was written")
         if isinstance(reply, dict) and reply["kind"] == "bad_input":
-            worker.close(graceful=False)
             if first:
                 raise UserError(reply["message"])
             raise WorkerStartError(f"a new worker refused what the first accepted: "
                                    f"{reply['message']}")
-        if not isinstance(reply, dict) or reply["kind"] != "ready":
-            how = "timed out" if reply is _TIMED_OUT else \
-                _describe_exit(reply.returncode) if isinstance(reply, _Died) else f"sent {reply!r}"
-            tail = worker.tail()
-            worker.close(graceful=False)
-            last = tail.splitlines()[-1] if tail else "no output"
-            raise WorkerStartError(f"the worker process did not start ({how}): {last}")
+        if isinstance(reply, StartFailed):
+            raise WorkerStartError(f"the worker process did not start ({reply.how})"
+                                   + (f": {reply.reason}" if reply.reason else ""))
         worker.forward_output()
         self._worker = worker
         return reply
@@ -269,20 +133,24 @@ class WorkerExecutor:
                 return self.measure(case, timeout_s, retry=False)
             raise WorkerStartError("the worker process died before it received a case") from None
         reply = worker.receive(time.monotonic() + timeout_s, self._interrupt)
-        if reply is _ABANDONED:
+        if reply is ABANDONED:
             self._drop(graceful=False)
             return None
-        if reply is _TIMED_OUT:
+        if reply is TIMED_OUT:
             tail = self._drop(graceful=False)
             return self._failed(case, Status.TIMEOUT, f"exceeded the case timeout of "
                                 f"{timeout_s:g} s; worker killed and replaced", tail)
-        if isinstance(reply, _Died):
+        if isinstance(reply, Died):
             tail = self._drop(graceful=False)
-            return self._failed(case, Status.CRASH, f"worker {_describe_exit(reply.returncode)}"
-                                f"{_fatal_line(tail)}; replaced", tail)
+            return self._failed(case, Status.CRASH, f"worker {describe_exit(reply.returncode)}"
+                                f"{fatal_line(tail)}; replaced", tail)
         row = reply["row"]
         if reply.get("fatal"):
             row["stderr_tail"] = self._drop(graceful=True)
+        elif reply.get("replace"):  # it left threads or processes: the next case gets a fresh one
+            self._drop(graceful=True)
+            for warning in row.get("warnings") or []:
+                print(f"warning: {case.label()}: {warning}", file=sys.stderr)
         else:
             worker.forward_output()
         return row

@@ -8,7 +8,7 @@ from flashbench.core.config import SweepConfig
 from flashbench.core.errors import UserError
 from flashbench.sweep.devices import Device, check_same_environment, parse_devices
 from flashbench.sweep.executors import (Executor, InProcessExecutor, Interrupted, WorkerExecutor,
-                                        WorkerStartError)
+                                        WorkerStartError, plugin_import_timeout_s)
 from flashbench.sweep.interrupts import Interrupt
 from flashbench.sweep.parallel import start_all
 
@@ -45,11 +45,13 @@ def start_executors(cfg: SweepConfig, plugin_files: list[str], isolate: bool,
     Raises Interrupted when stopped while they start, SweepFailed when a worker would not
     start, and UserError when the devices of ``pool`` differ (one run, one environment).
     """
+    # The worker's import of the plugins is their code, which may hang like a case.
+    plugin_timeout_s = plugin_import_timeout_s(cfg.case_timeout_s)
     try:
         if pool is not None:
             executors: list[Executor] = list(start_all(pool, lambda d: WorkerExecutor(
                 d.kind, plugin_files, cfg.backends, cfg.timing, interrupt, env=d.worker_env(),
-                wait=False)))
+                wait=False, plugin_timeout_s=plugin_timeout_s)))
             try:
                 check_same_environment(pool, [e.environment for e in executors])
             except UserError:
@@ -57,7 +59,7 @@ def start_executors(cfg: SweepConfig, plugin_files: list[str], isolate: bool,
                 raise
         elif isolate:
             executors = [WorkerExecutor(cfg.device, plugin_files, cfg.backends, cfg.timing,
-                                        interrupt)]
+                                        interrupt, plugin_timeout_s=plugin_timeout_s)]
         else:
             executors = [InProcessExecutor(cfg.device, cfg.timing)]
     except KeyboardInterrupt:

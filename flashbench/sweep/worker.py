@@ -6,17 +6,21 @@ whose descriptors are given on the command line:
 
     parent -> worker   {"kind": "hello", "device", "plugins", "backends", "timing"},
                        then {"kind": "case", "case"} per case, or {"kind": "stop"}
-    worker -> parent   {"kind": "ready", "device", "environment"} or {"kind": "bad_input", "message"},
-                       then per case {"kind": "row", "row", "fatal"}
+    worker -> parent   {"kind": "phase", "phase": "plugins"} while it imports the plugins,
+                       {"kind": "phase", "phase": "kernels"} once they are in,
+                       {"kind": "ready", "device", "environment"} or {"kind": "bad_input", "message"},
+                       then per case {"kind": "row", "row", "fatal", "replace"}
 
-``fatal`` says the CUDA context is unusable after the case: the worker exits and is replaced.
+``fatal`` says the CUDA context is unusable after the case; ``replace`` that the case left
+threads or processes running (the row's ``warnings`` say which: flashbench.sweep.leftovers).
+Either way the worker exits after the row, and the parent kills its process group and starts
+another.
 stdout and stderr go to a file the parent reads: Python's fault handler writes the traceback
 of a segfault or an abort there.
 """
 
 from __future__ import annotations
 
-import ctypes
 import faulthandler
 import importlib
 import json
@@ -30,6 +34,7 @@ __all__ = ["main", "receive", "send"]
 
 EXIT_BAD_INPUT = 2
 EXIT_CONTEXT_LOST = 3
+EXIT_LEFTOVERS = 4  # a case left threads or processes running
 
 
 def send(conn: Connection, message: dict[str, Any]) -> None:
@@ -39,17 +44,6 @@ def send(conn: Connection, message: dict[str, Any]) -> None:
 
 def receive(conn: Connection) -> dict[str, Any]:
     return json.loads(conn.recv_bytes())
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to kill this process when its parent dies, so that no hung worker outlives a sweep."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the closed pipe ends the worker between cases
-        return
-    if os.getppid() != parent_pid:  # the parent died before the request took effect
-        os._exit(1)
 
 
 def _context_lost(device: Any) -> str | None:
@@ -95,7 +89,11 @@ def _start(hello: dict[str, Any], replies: Connection) -> tuple[Any, ...] | None
         device = select_device(hello["device"])
         from flashbench.core.plugins import load_plugins
 
-        load_plugins(hello["plugins"])
+        # The parent bounds the plugins' import by the case timeout (their own code, which
+        # may hang), the rest of the start by its own, longer, timeout (torch, CUDA).
+        send(replies, {"kind": "phase", "phase": "plugins"})
+        load_plugins(hello["plugins"], probe=False)  # the parent probed them already
+        send(replies, {"kind": "phase", "phase": "kernels"})
     except UserError as e:
         send(replies, {"kind": "bad_input", "message": str(e)})
         return None
@@ -112,14 +110,17 @@ def _start(hello: dict[str, Any], replies: Connection) -> tuple[Any, ...] | None
 
 
 def _measure(case_data: dict[str, Any], device, policy, environment, handle
-             ) -> tuple[dict[str, Any], bool]:
-    """One case's row, and whether the CUDA context is lost after it (then the worker exits)."""
+             ) -> tuple[dict[str, Any], bool, bool]:
+    """One case's row, whether the CUDA context is lost after it, and whether it left threads
+    or processes running (either way the worker exits, to be replaced)."""
     from flashbench.core.cases import Case, Status
     from flashbench.core.errors import one_line
     from flashbench.core.rows import blank_row
     from flashbench.measure.case import measure_case
+    from flashbench.sweep.leftovers import left_since, snapshot
 
     case = Case.from_dict(case_data)
+    before = snapshot()
     try:
         row = measure_case(case, device, policy, handle, environment.get("ceilings"))
     except Exception as e:  # its own clean-up failed (a broken CUDA context): still a row
@@ -130,7 +131,10 @@ def _measure(case_data: dict[str, Any], device, policy, environment, handle
         cause = row["error"] if row["status"] != Status.OK and row["error"] else lost
         row.update(status=Status.CRASH, error=f"the CUDA context is unusable after this case "
                                               f"(worker replaced): {cause}"[:500])
-    return row, lost is not None
+    warnings = left_since(before)
+    if warnings:
+        row["warnings"] = warnings
+    return row, lost is not None, bool(warnings)
 
 
 def _serve(requests: Connection, replies: Connection) -> int:
@@ -144,15 +148,19 @@ def _serve(requests: Connection, replies: Connection) -> int:
             return 0
         if message["kind"] == "stop":
             return 0
-        row, fatal = _measure(message["case"], *started)
-        send(replies, {"kind": "row", "row": row, "fatal": fatal})
+        row, fatal, replace = _measure(message["case"], *started)
+        send(replies, {"kind": "row", "row": row, "fatal": fatal, "replace": replace})
         if fatal:
             return EXIT_CONTEXT_LOST
+        if replace:
+            return EXIT_LEFTOVERS
 
 
 def main(argv: list[str]) -> int:
     requests_fd, replies_fd, parent_pid = (int(a) for a in argv)
-    _die_with_parent(parent_pid)
+    from flashbench.core.subprocesses import die_with_parent
+
+    die_with_parent(parent_pid)  # no hung worker outlives a sweep
     # Ctrl-C is the parent's to handle; this process is stopped by a message or killed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable(all_threads=True)
