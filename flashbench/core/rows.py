@@ -120,7 +120,11 @@ def check_row(data: Any) -> dict[str, Any]:
     except ValidationError as e:
         first = e.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "row"
-        raise RowError(field, first["msg"][:1].lower() + first["msg"][1:]) from None
+        message = first["msg"][:1].lower() + first["msg"][1:]
+        if first["type"] != "missing":  # the value, cut short: a line of a file can be huge
+            got = " ".join(repr(first["input"]).split())
+            message += f", got {got if len(got) <= 80 else got[:79] + '…'}"
+        raise RowError(field, message) from None
     return data
 
 
