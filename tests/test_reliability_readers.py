@@ -198,3 +198,17 @@ def test_a_results_file_given_alone_is_checked_the_same(shards, tmp_path):
     (bad / "results.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n")
     for args in (["report", bad / "results.jsonl"], ["check", shards[0], bad / "results.jsonl"]):
         assert_one_error_line(invoke(*args), "results.jsonl:1: not UTF-8 text (byte 0x89")
+
+
+def test_report_json_is_valid_json_when_a_file_holds_nan(shards, tmp_path):
+    run = tmp_path / "nan"
+    shutil.copytree(shards[0], run)
+    rows = lines_of(run)
+    text = _jsonl([rows[0] | {"rel_err": 1.0, "max_abs_err": 2.0}, *rows[1:]]).decode()
+    (run / "results.jsonl").write_text(text.replace('"rel_err": 1.0', '"rel_err": NaN', 1)
+                                       .replace('"max_abs_err": 2.0', '"max_abs_err": Infinity'))
+    result = invoke("report", run, "--format", "json")
+    assert result.exit_code == 0, result.output
+    parsed = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(c))
+    assert parsed[0]["rel_err"] is None and parsed[0]["max_abs_err"] is None
+    assert parsed[1]["rel_err"] == rows[1]["rel_err"]
