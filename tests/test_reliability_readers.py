@@ -212,3 +212,118 @@ def test_report_json_is_valid_json_when_a_file_holds_nan(shards, tmp_path):
     parsed = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(c))
     assert parsed[0]["rel_err"] is None and parsed[0]["max_abs_err"] is None
     assert parsed[1]["rel_err"] == rows[1]["rel_err"]
+
+
+# --- the config: YAML bounded, duplicate keys refused, strict types, one short line ---------
+
+def _alias_bomb() -> str:
+    """Nine levels of nine aliases to the level below: ~300 bytes standing for 9^9 lists."""
+    names = "abcdefghi"
+    levels = ["&a [x, x, x, x, x, x, x, x, x]"] + [
+        f"&{name} [{','.join('*' + names[i] for _ in range(9))}]"
+        for i, name in enumerate(names[1:])]
+    return f"device: cpu\nbackends: [naive]\nname: [{', '.join(levels)}]\n"
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    import resource
+    import time
+
+    from flashbench.core.config import load_config
+    from flashbench.core.errors import UserError
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb())
+    assert len(bomb.read_bytes()) < 400
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.perf_counter()
+    with pytest.raises(UserError) as e:
+        load_config(str(bomb))
+    assert time.perf_counter() - started < 1.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    assert str(e.value) == (f"{bomb}: the value at line 3 expands to more than 10,000 values "
+                            f"(aliases repeat what they name); a config is a few lists of sizes")
+    # Through the command line too: one line, exit 2, no run folder.
+    result = invoke("run", "--config", bomb, "--out", tmp_path / "out", "--no-progress")
+    assert_one_error_line(result, f"{bomb}: the value at line 3 expands to more than 10,000")
+    assert not (tmp_path / "out").exists()
+
+
+def _fast(body: str) -> str:
+    return "device: cpu\nbackends: [naive]\n" + body
+
+
+# (id, config text, what the one line must say after the file name)
+BAD_CONFIGS = [
+    ("duplicate-key", _fast("seq_len: 16\nhead_dim: 16\nseq_len: 32\n"),
+     ": duplicate key 'seq_len' at line 5"),
+    ("duplicate-nested-key", _fast("timing:\n  l2: hot\n  l2: cold\n"),
+     ": duplicate key 'l2' at line 5"),
+    ("recursive-alias", _fast("name: &a [*a]\n"), ": recursive alias at line 3"),
+    ("seq-len-true", _fast("seq_len: true\n"),
+     ": seq_len: Input should be a valid integer (got True)"),
+    ("kv-heads-true", _fast("kv_heads: [true]\n"),
+     ": kv_heads: Input should be a valid integer (got True)"),
+    ("heads-a-float", _fast("heads: 16.0\n"),
+     ": heads: Input should be a valid integer (got 16.0)"),
+    ("causal-one", _fast("causal: 1\n"), ": causal: Input should be a valid boolean (got 1)"),
+    ("min-samples-true", _fast("timing: {min_samples: true}\n"),
+     ": timing.min_samples: Input should be a valid integer (got True)"),
+    ("budget-true", _fast("timing: {budget_ms: true}\n"),
+     ": timing.budget_ms: Input should be a valid number (got True)"),
+    ("min-above-max", _fast("timing: {min_samples: 50, max_samples: 5}\n"),
+     ": timing: min_samples (50) must be at most max_samples (5)"),
+    ("huge-value", _fast(f"seq_len: ['{'x' * 5000}']\n"),
+     ": seq_len: Input should be a valid integer (got 'xxxxxxxx"),
+    ("huge-backend-name", "device: cpu\nbackends: [" + "k" * 3000 + "]\n",
+     ": backends: unknown backend 'kkkkk"),
+    ("multi-line-value", _fast('name: ["a\\nb\\nc"]\n'),
+     ": name: Input should be a valid string (got ['a\\nb\\nc'])"),
+    ("nested-too-deeply", "seq_len: " + "[" * 100_000 + "\n",
+     ": nested too deeply; a config is a mapping of keys to values and lists"),
+]
+
+
+@pytest.mark.parametrize("text, message", [c[1:] for c in BAD_CONFIGS],
+                         ids=[c[0] for c in BAD_CONFIGS])
+def test_a_bad_config_is_one_short_line(tmp_path, text, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    out = tmp_path / "out"
+    result = invoke("run", "--config", config, "--out", out, "--no-progress")
+    assert_one_error_line(result, f"{config}{message}")
+    # At most ~120 characters of the input are quoted: the line is the file name, the field,
+    # the reason and the allowed values.
+    assert len(result.stderr) - len(str(config)) < 330, result.stderr
+    assert not out.exists()
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes(_fast("name: caf\xe9\n").encode("latin-1"))
+    result = invoke("run", "--config", config, "--out", tmp_path / "out", "--no-progress")
+    assert_one_error_line(result, f"{config}: not UTF-8 text (byte 0xe9 at line 3)")
+    folder = tmp_path / "folder.yaml"
+    folder.mkdir()
+    result = invoke("run", "--config", folder, "--out", tmp_path / "out", "--no-progress")
+    assert_one_error_line(result, f"config {folder} is a folder, not a YAML file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_keys_still_work_and_are_bounded_too(tmp_path):
+    from flashbench.core import safe_yaml
+    from flashbench.core.config import load_config
+
+    config = tmp_path / "merge.yaml"
+    # An explicit key beside a merged one overrides it, as YAML says: not a duplicate.
+    config.write_text(_fast("timing: {<<: {l2: hot, min_samples: 3}, min_samples: 2}\n"))
+    timing = load_config(str(config)).timing
+    assert (timing.l2, timing.min_samples) == ("hot", 2)
+    # Merging nine times the mapping that merged nine times the one before: refused as well.
+    names = "abcdefghi"
+    levels = ["a: &a {x: 1, y: 2}"] + [
+        f"{name}: &{name} {{<<: [{', '.join('*' + names[i] for _ in range(9))}]}}"
+        for i, name in enumerate(names[1:])]
+    with pytest.raises(safe_yaml.YamlRefused, match="expands to more than 10,000 values"):
+        safe_yaml.load("\n".join(levels))
+    assert safe_yaml.load("a: &a [1, 2]\nb: [*a, *a]\n") == {"a": [1, 2], "b": [[1, 2], [1, 2]]}

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, Va
 
 from flashbench.core import costs
 from flashbench.core.cases import CASE_FIELDS, SHAPE_FIELDS, Case, Mode, Status
+from flashbench.core.errors import quoted
 from flashbench.core.roofline import roofline_fields
 
 __all__ = ["FIELD_GROUPS", "RESULT_FIELDS", "ROW_FIELDS", "Row", "RowError", "blank_row",
@@ -122,8 +123,7 @@ def check_row(data: Any) -> dict[str, Any]:
         field = ".".join(str(p) for p in first["loc"]) or "row"
         message = first["msg"][:1].lower() + first["msg"][1:]
         if first["type"] != "missing":  # the value, cut short: a line of a file can be huge
-            got = " ".join(repr(first["input"]).split())
-            message += f", got {got if len(got) <= 80 else got[:79] + '…'}"
+            message += f", got {quoted(first['input'], 80)}"
         raise RowError(field, message) from None
     return data
 

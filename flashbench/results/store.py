@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from flashbench.core.cases import RunStatus
-from flashbench.core.errors import UserError
+from flashbench.core.errors import UserError, quoted
 from flashbench.core.rows import RowError, check_row, finite_or_none
 
 __all__ = ["RunFolder", "check_meta", "check_root", "create_run", "find_run", "load_run",
@@ -164,12 +164,6 @@ def find_run(ref: str | Path | None, root: Path) -> Path:
     return path
 
 
-def _quoted(value: Any, limit: int = 80) -> str:
-    """A value as the message quotes it: its repr, cut to ``limit`` characters, one line."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -220,7 +214,7 @@ def check_meta(data: Any, path: Path) -> dict[str, Any]:
         raise refuse(f"expected a JSON object, got {type(data).__name__}")
     for key, (valid, allowed) in _META_KEYS.items():
         if key in data and not valid(data[key]):
-            raise refuse(f"{key}: expected {allowed}, got {_quoted(data[key])}")
+            raise refuse(f"{key}: expected {allowed}, got {quoted(data[key], 80)}")
     problem = _check_ceilings((data.get("environment") or {}).get("ceilings"))
     if problem:
         raise refuse(problem)
