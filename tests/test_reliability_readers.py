@@ -327,3 +327,21 @@ def test_merge_keys_still_work_and_are_bounded_too(tmp_path):
     with pytest.raises(safe_yaml.YamlRefused, match="expands to more than 10,000 values"):
         safe_yaml.load("\n".join(levels))
     assert safe_yaml.load("a: &a [1, 2]\nb: [*a, *a]\n") == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+
+
+# --- check --threshold -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("threshold, message", [
+    ("1000%", "--threshold: '1000%' must be above 0% and below 1000%"),
+    ("-5%", "--threshold: '-5%' must be above 0% and below 1000%"),
+    ("0", "--threshold: '0' must be above 0% and below 1000%"),
+    ("inf", "--threshold: 'inf' is not a finite percentage; give one such as 5%"),
+    ("nan%", "--threshold: 'nan%' is not a finite percentage; give one such as 5%"),
+    ("1e400", "--threshold: '1e400' is not a finite percentage; give one such as 5%"),
+    ("fast", "--threshold: 'fast' is not a percentage such as 5%"),
+])
+def test_a_bad_threshold_says_what_is_wrong(shards, threshold, message):
+    for command in ("check", "compare"):
+        result = invoke(command, shards[0], shards[0], "--threshold", threshold)
+        assert_one_error_line(result, message)
+    assert invoke("check", shards[0], shards[0], "--threshold", "999%").exit_code == 0
