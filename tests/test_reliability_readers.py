@@ -6,13 +6,21 @@ file, no traceback, nothing written.
 """
 
 import json
+import resource
 import shutil
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from flashbench.cli import app
+from flashbench.core import registry, safe_yaml
+from flashbench.core.cases import Case, Mode
+from flashbench.core.config import TimingPolicy, load_config
+from flashbench.core.errors import UserError
+from flashbench.measure.case import measure_case
 from sweep_helpers import FAST_TIMING
 
 # 2 lengths, one mask, two backends: 4 cases in 2 shapes, split into 2 shards.
@@ -226,12 +234,6 @@ def _alias_bomb() -> str:
 
 
 def test_an_alias_bomb_is_refused_at_once(tmp_path):
-    import resource
-    import time
-
-    from flashbench.core.config import load_config
-    from flashbench.core.errors import UserError
-
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(_alias_bomb())
     assert len(bomb.read_bytes()) < 400
@@ -311,9 +313,6 @@ def test_a_config_that_is_not_utf8_names_the_file(tmp_path):
 
 
 def test_merge_keys_still_work_and_are_bounded_too(tmp_path):
-    from flashbench.core import safe_yaml
-    from flashbench.core.config import load_config
-
     config = tmp_path / "merge.yaml"
     # An explicit key beside a merged one overrides it, as YAML says: not a duplicate.
     config.write_text(_fast("timing: {<<: {l2: hot, min_samples: 3}, min_samples: 2}\n"))
@@ -345,3 +344,45 @@ def test_a_bad_threshold_says_what_is_wrong(shards, threshold, message):
         result = invoke(command, shards[0], shards[0], "--threshold", threshold)
         assert_one_error_line(result, message)
     assert invoke("check", shards[0], shards[0], "--threshold", "999%").exit_code == 0
+
+
+# --- a failed allocation on a CPU is oom, not error ----------------------------------------------
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    """Register a throwaway backend built from a forward function (as in test_measure.py)."""
+    monkeypatch.setattr(registry, "_PLUGINS", {})
+
+    def add(name, forward):
+        registry.register_backend(name, description="a test backend")(
+            lambda q, k, v, *, causal, scale: forward(q, k, v))
+    return add
+
+
+@pytest.mark.parametrize("exc", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
+                 "memory: you tried to allocate 68719476736 bytes. Error code 12 (Cannot "
+                 "allocate memory)"),
+    RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 68719476736 "
+                 "bytes."),
+    MemoryError(),
+], ids=["cant-allocate", "not-enough-memory", "MemoryError"])
+def test_a_failed_allocation_on_a_cpu_is_oom(fake_backend, exc):
+    def allocate(q, k, v):
+        raise exc
+    fake_backend("greedy", allocate)
+    case = Case("greedy", Mode.FWD, 1, 2, 2, 16, 16, 16, "fp32", False)
+    row = measure_case(case, torch.device("cpu"), TimingPolicy(l2="hot", warmup_ms=0,
+                                                                 budget_ms=5, min_samples=1))
+    assert row["status"] == "oom", row["error"]
+    assert row["error"].startswith(type(exc).__name__)
+
+
+def test_other_runtime_errors_stay_errors(fake_backend):
+    def broken(q, k, v):
+        raise RuntimeError("out of resources: shared memory, Required: 98304")  # Triton's
+    fake_backend("broken", broken)
+    case = Case("broken", Mode.FWD, 1, 2, 2, 16, 16, 16, "fp32", False)
+    row = measure_case(case, torch.device("cpu"), TimingPolicy(l2="hot", warmup_ms=0,
+                                                                 budget_ms=5, min_samples=1))
+    assert row["status"] == "error"
