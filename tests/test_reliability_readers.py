@@ -386,3 +386,32 @@ def test_other_runtime_errors_stay_errors(fake_backend):
     row = measure_case(case, torch.device("cpu"), TimingPolicy(l2="hot", warmup_ms=0,
                                                                  budget_ms=5, min_samples=1))
     assert row["status"] == "error"
+
+
+# --- --device of the machine commands --------------------------------------------------------------
+
+@pytest.mark.parametrize("args, message", [
+    (["list", "--device", "gpu"], "error: --device: 'gpu' is not one of auto, cuda, cpu"),
+    (["profile", "--device", "gpu"], "error: --device: 'gpu' is not one of auto, cuda, cpu"),
+    (["calibrate", "--device", "gpu"], "error: --device: 'gpu' is not one of auto, cuda, cpu"),
+    (["calibrate", "--device", "meta"], "error: --device: 'meta' is not one of auto, cuda, cpu"),
+    (["profile", "--device", "meta"], "error: --device: 'meta' is not one of auto, cuda, cpu"),
+    (["env", "--device", "gpu"], "env: No such option: --device"),
+    (["run", "--device", "gpu", "--no-progress"], "device: 'gpu' is not allowed; input should "
+                                                  "be 'auto', 'cuda' or 'cpu'"),
+])
+def test_an_unknown_device_is_one_line(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)  # where profile and run would write
+    monkeypatch.setenv("FLASHBENCH_CACHE_DIR", str(tmp_path / "cache"))  # and calibrate
+    assert_one_error_line(invoke(*args), message)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["list", "profile", "calibrate", "run"])
+def test_cuda_without_a_gpu_is_one_line(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FLASHBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    result = invoke(command, "--device", "cuda", *(["--no-progress"] if command == "run" else []))
+    assert_one_error_line(result, "device: cuda was asked for but no CUDA device is visible")
+    assert not list(tmp_path.iterdir())
