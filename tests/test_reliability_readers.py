@@ -415,3 +415,13 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, monkeypatch, command):
     result = invoke(command, "--device", "cuda", *(["--no-progress"] if command == "run" else []))
     assert_one_error_line(result, "device: cuda was asked for but no CUDA device is visible")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_file_name_with_a_newline_is_still_one_line(shards, tmp_path):
+    bad = tmp_path / "two\nlines"
+    shutil.copytree(shards[0], bad)
+    (bad / "results.jsonl").write_text("[1]\n")
+    assert_one_error_line(invoke("report", bad), "two\\nlines/results.jsonl:1: not a flashbench "
+                                                 "result row (row: expected a JSON object")
+    assert_one_error_line(invoke("report", tmp_path / "no\nsuch"),
+                          "no such run or results file: ", "no\\nsuch")
