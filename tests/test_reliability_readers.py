@@ -110,6 +110,15 @@ DAMAGES = [
      "integer, got True)"),
     ("status-unknown", _rows(lambda r: _jsonl([r[0] | {"status": "fine"}])),
      "results.jsonl:1: not a flashbench result row (status: input should be 'ok',"),
+    ("seq-len-zero", _rows(lambda r: _jsonl([r[0] | {"seq_len": 0, "kv_len": 0}])),
+     "results.jsonl:1: not a flashbench result row (seq_len: input should be greater than or "
+     "equal to 1, got 0)"),
+    ("negative-sample", _rows(lambda r: _jsonl([r[0] | {"samples_ms": [0.5, -1.0]}])),
+     "results.jsonl:1: not a flashbench result row (samples_ms.1: input should be greater "
+     "than or equal to 0, got -1.0)"),
+    ("case-twice", _rows(lambda r: _jsonl([r[0], r[1], r[0]])),
+     "results.jsonl:3: the case naive fwd B1 H2 N32 D16 fp32 is on line 1 already; a run "
+     "holds each case once"),
     ("huge-value-quoted-short", _rows(lambda r: _jsonl([r[0] | {"backend": ["x" * 5000]}])),
      "(backend: input should be a valid string, got ['xxxxx"),
     ("results-a-folder", _folder("results.jsonl"), "results.jsonl is a folder, not a file"),

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flashbench.core.cases import RunStatus
+from flashbench.core.cases import Case, RunStatus, case_key
 from flashbench.core.errors import UserError, quoted
 from flashbench.core.rows import RowError, check_row, finite_or_none
 
@@ -276,7 +276,7 @@ def _read(path: Path) -> tuple[list[dict[str, Any]], int | None]:
     """Each row of a results file, checked against the row schema (flashbench.core.rows), and
     the number of a torn last line (the writer died mid-row), skipped, if there is one."""
     lines, complete = _read_text_lines(path, appended=True)
-    rows = []
+    rows, seen = [], {}  # case key -> its line: a run holds each case once
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -288,9 +288,14 @@ def _read(path: Path) -> tuple[list[dict[str, Any]], int | None]:
             raise UserError(f"{path}:{number}: not a JSON object (a results file holds one "
                             f"JSON object per line)") from None
         try:
-            rows.append(check_row(data))
+            row = check_row(data)
         except RowError as e:
             raise UserError(f"{path}:{number}: not a flashbench result row ({e})") from None
+        first = seen.setdefault(case_key(row), number)
+        if first != number:
+            raise UserError(f"{path}:{number}: the case {Case.from_dict(row).label()} is on "
+                            f"line {first} already; a run holds each case once")
+        rows.append(row)
     return rows, None
 
 
