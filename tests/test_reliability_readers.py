@@ -434,3 +434,17 @@ def test_a_file_name_with_a_newline_is_still_one_line(shards, tmp_path):
                                                  "result row (row: expected a JSON object")
     assert_one_error_line(invoke("report", tmp_path / "no\nsuch"),
                           "no such run or results file: ", "no\\nsuch")
+
+
+def test_a_grid_too_large_to_finish_is_refused_before_it_is_expanded(tmp_path):
+    values = "[" + ", ".join(str(16 * i) for i in range(1, 21)) + "]"
+    config = tmp_path / "grid.yaml"
+    config.write_text(_fast(f"batch: {values}\nheads: {values}\nseq_len: {values}\n"
+                            f"kv_len: {values}\nhead_dim: {values}\n"))
+    started = time.perf_counter()
+    result = invoke("run", "--config", config, "--out", tmp_path / "out", "--no-progress")
+    assert time.perf_counter() - started < 5
+    assert_one_error_line(result, f"{config}: the grid has 3,200,000 cases (the product of the "
+                                  f"lengths of backends, mode, batch,", "at most 100,000 in one "
+                                                                         "sweep")
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,11 @@ __all__ = [
     "validate_config",
 ]
 
+# The axes whose product is the grid, and the most cases one sweep may hold: the largest
+# preset has 288; at a second a case, 100,000 take a day and more.
+_AXES = ("backends", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim",
+         "dtype", "causal")
+MAX_CASES = 100_000
 # Sizes beyond these are typos, not experiments (a 2^24-token sequence is already 16M tokens).
 _MAX = {"batch": 1 << 16, "heads": 1024, "kv_heads": 1024, "seq_len": 1 << 24,
         "kv_len": 1 << 24, "head_dim": 1024}
@@ -215,6 +221,7 @@ def validate_config(data: dict[str, Any], source: str) -> SweepConfig:
     except ValidationError as e:
         raise UserError(format_validation_error(e, source)) from None
     _check_head_groups(cfg, source)
+    _check_grid_size(cfg, source)
     return cfg
 
 
@@ -238,6 +245,15 @@ def _check_head_groups(cfg: SweepConfig, source: str) -> None:
         if kv_heads is not None and heads % kv_heads != 0:
             raise UserError(f"{source}: heads ({heads}) must be a multiple of kv_heads "
                             f"({kv_heads}) for grouped-query attention")
+
+
+def _check_grid_size(cfg: SweepConfig, source: str) -> None:
+    """Refuse a grid too large to ever finish, before it is expanded (ten axes of twenty
+    values are 10^13 cases, which a 200-byte file can ask for)."""
+    size = math.prod(len(dict.fromkeys(getattr(cfg, axis))) for axis in _AXES)
+    if size > MAX_CASES:
+        raise UserError(f"{source}: the grid has {size:,} cases (the product of the lengths of "
+                        f"{', '.join(_AXES)}); at most {MAX_CASES:,} in one sweep")
 
 
 def expand_cases(cfg: SweepConfig) -> list[Case]:
