@@ -347,7 +347,7 @@ def test_merge_keys_still_work_and_are_bounded_too(tmp_path):
     ("nan%", "--threshold: 'nan%' is not a finite percentage; give one such as 5%"),
     ("1e400", "--threshold: '1e400' is not a finite percentage; give one such as 5%"),
     ("fast", "--threshold: 'fast' is not a percentage such as 5%"),
-])
+], ids=["1000%", "-5%", "0", "inf", "nan%", "1e400", "fast"])
 def test_a_bad_threshold_says_what_is_wrong(shards, threshold, message):
     for command in ("check", "compare"):
         result = invoke(command, shards[0], shards[0], "--threshold", threshold)
@@ -408,7 +408,8 @@ def test_other_runtime_errors_stay_errors(fake_backend):
     (["env", "--device", "gpu"], "env: No such option: --device"),
     (["run", "--device", "gpu", "--no-progress"], "device: 'gpu' is not allowed; input should "
                                                   "be 'auto', 'cuda' or 'cpu'"),
-])
+], ids=["list-gpu", "profile-gpu", "calibrate-gpu", "calibrate-meta", "profile-meta", "env-gpu",
+        "run-gpu"])
 def test_an_unknown_device_is_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)  # where profile and run would write
     monkeypatch.setenv("FLASHBENCH_CACHE_DIR", str(tmp_path / "cache"))  # and calibrate
