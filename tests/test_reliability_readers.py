@@ -144,7 +144,12 @@ DAMAGES = [
         m | {"environment": m["environment"] | {"ceilings": "fast"}}).encode()),
      "(environment.ceilings: expected a mapping or null)"),
     ("meta-shard-without-index", _meta(lambda m: json.dumps(m | {"shard": {"count": 2}}).encode()),
-     "(shard: expected a mapping with whole numbers index and count, got {'count': 2})"),
+     "(shard: expected a mapping with whole numbers index and count, 1 <= index <= count, got "
+     "{'count': 2})"),
+    ("meta-shard-beyond-count", _meta(lambda m: json.dumps(
+        m | {"shard": m["shard"] | {"index": 3}}).encode()),
+     "(shard: expected a mapping with whole numbers index and count, 1 <= index <= count, got "
+     "{'count': 2, 'grid_cases': 4, 'index': 3})"),
     ("meta-plugins-a-string", _meta(lambda m: json.dumps(m | {"plugins": "a.py"}).encode()),
      "(plugins: expected a list of plugin paths, got 'a.py')"),
     ("meta-not-utf8", _meta(lambda m: b'{"run_id": "\xff"}\n'),

@@ -195,8 +195,9 @@ _META_KEYS: dict[str, tuple[Any, str]] = {
     "plugins": (lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
                 "a list of plugin paths"),
     "shard": (lambda v: isinstance(v, dict) and all(
-        isinstance(v.get(k), int) and not isinstance(v.get(k), bool) for k in ("index", "count")),
-        "a mapping with whole numbers index and count"),
+        isinstance(v.get(k), int) and not isinstance(v.get(k), bool) for k in ("index", "count"))
+        and 1 <= v["index"] <= v["count"],
+        "a mapping with whole numbers index and count, 1 <= index <= count"),
     "devices": (lambda v: isinstance(v, list) and all(
         isinstance(d, dict) and isinstance(d.get("device"), str) for d in v),
         "a list of mappings, each naming its device"),
