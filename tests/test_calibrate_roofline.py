@@ -213,7 +213,7 @@ def test_markdown_report_shows_each_case_against_the_calibrated_card():
     from pathlib import Path
 
     from flashbench.output.report import machine_table, render_report
-    from flashbench.results.store import load_run
+    from flashbench.results.reading import load_run
 
     reference = Path(__file__).resolve().parents[1] / "results" / "reference" / "h100-telemetry"
     rows, meta, _ = load_run(reference, reference.parent)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from flashbench.results.check import parse_threshold
 from flashbench.cli import app
 from flashbench.results.compare import compare_backends, compare_runs, ratio_of_medians
-from flashbench.results.store import read_rows
+from flashbench.results.reading import read_rows
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "h100-default"
 runner = CliRunner()

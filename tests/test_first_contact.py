@@ -15,7 +15,7 @@ from flashbench.core.config import list_presets, load_config
 from flashbench.output.report import headline_table, render_report
 from flashbench.results.compare import compare_backends
 from flashbench.sweep.schedule import interpreter_call_seconds, interpreter_warning
-from flashbench.results.store import read_meta, read_rows
+from flashbench.results.reading import read_meta, read_rows
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "h100-default"
 FLASHBENCH = str(Path(sys.executable).parent / "flashbench")

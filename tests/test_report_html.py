@@ -13,7 +13,7 @@ from matplotlib.image import imread
 
 from flashbench.output.html import render_html
 from flashbench.output.plots import make_plots
-from flashbench.results.store import read_meta, read_rows
+from flashbench.results.reading import read_meta, read_rows
 from flashbench.output.tables import results_frame
 
 REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference" / "h100-default"

@@ -58,7 +58,8 @@ def test_cpu_timing_respects_budget_and_max_samples():
     assert 3 <= len(samples) < 20  # the budget ended it, not max_samples
     assert time.perf_counter() - started < 2
     assert min(samples) >= 5.0  # each sample timed the 5 ms sleep
-    policy = TimingPolicy(l2="hot", warmup_ms=0, budget_ms=60_000, min_samples=1000,
+    # min_samples may not exceed max_samples (TimingPolicy refuses it): at most 7 here.
+    policy = TimingPolicy(l2="hot", warmup_ms=0, budget_ms=60_000, min_samples=7,
                           max_samples=7, target_rse=1e-9)
     samples, _ = time_callable(lambda: None, torch.device("cpu"), policy)
     assert len(samples) == 7

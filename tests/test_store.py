@@ -8,7 +8,8 @@ import pytest
 from flashbench.core.cases import Case, Mode, Status
 from flashbench.core.errors import UserError
 from flashbench.core.rows import blank_row
-from flashbench.results.store import check_root, create_run, find_run, open_run, read_meta, read_rows
+from flashbench.results.store import check_root, create_run, open_run
+from flashbench.results.reading import find_run, read_meta, read_rows
 
 
 def row(n: int) -> dict:

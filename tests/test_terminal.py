@@ -19,7 +19,7 @@ from rich.console import Console
 from flashbench.results.check import run_check
 from flashbench.results.compare import compare_backends, compare_runs
 from flashbench.output.fit import Column, Grid, fit, long_layout
-from flashbench.results.store import read_rows
+from flashbench.results.reading import read_rows
 from flashbench.output.formats import milliseconds as format_ms
 from flashbench.output.tables import backends_display, runs_display, sweep_table, to_grid
 

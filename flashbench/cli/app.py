@@ -18,6 +18,11 @@ __all__ = ["app", "command"]
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+def _one_line(message: str) -> str:
+    """Bad input is one line even when what it quotes is not (a file name with a newline)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class _OneLineErrors(TyperGroup):
     """A flag of the wrong type or an unknown option is bad input too: one line, exit 2."""
 
@@ -31,7 +36,7 @@ class _OneLineErrors(TyperGroup):
             code = EXIT_FAILED
         except _ClickException as e:
             where = f"{e.ctx.command_path}: " if getattr(e, "ctx", None) else ""
-            typer.echo(f"error: {where}{e.format_message()}", err=True)
+            typer.echo(f"error: {where}{_one_line(e.format_message())}", err=True)
             code = e.exit_code
         if not standalone_mode:
             return code
@@ -73,7 +78,7 @@ def command(name: str | None = None, *, short_help: str) -> Callable[[Callable],
             try:
                 return fn(*args, **kwargs)
             except UserError as e:
-                typer.echo(f"error: {e}", err=True)
+                typer.echo(f"error: {_one_line(str(e))}", err=True)
                 raise typer.Exit(EXIT_BAD_INPUT) from None
 
         return app.command(name, short_help=short_help)(wrapper)

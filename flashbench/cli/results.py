@@ -53,7 +53,7 @@ def report(
     from flashbench.output.report import FORMATS, PLOT_HINT, plots_available, render_report
 
     choice("--format", fmt, FORMATS)
-    from flashbench.results.store import load_run
+    from flashbench.results.reading import load_run
 
     rows, meta, _ = load_run(run, results_dir)
     text, images = render_report(rows, meta, fmt, plot_dir=plot)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
+                      ValidationError, field_validator, model_validator)
 
-from flashbench.core import registry
+from flashbench.core import registry, safe_yaml
 from flashbench.core.cases import Case, Mode
-from flashbench.core.errors import UserError, did_you_mean
+from flashbench.core.errors import UserError, did_you_mean, quoted
 
 __all__ = [
     "SweepConfig",
@@ -26,6 +28,11 @@ __all__ = [
     "validate_config",
 ]
 
+# The axes whose product is the grid, and the most cases one sweep may hold: the largest
+# preset has 288; at a second a case, 100,000 take a day and more.
+_AXES = ("backends", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim",
+         "dtype", "causal")
+MAX_CASES = 100_000
 # Sizes beyond these are typos, not experiments (a 2^24-token sequence is already 16M tokens).
 _MAX = {"batch": 1 << 16, "heads": 1024, "kv_heads": 1024, "seq_len": 1 << 24,
         "kv_len": 1 << 24, "head_dim": 1024}
@@ -37,16 +44,27 @@ class TimingPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Strict numbers: YAML's true is not 1 (pydantic would take it as 1 otherwise).
     l2: Literal["cold", "hot"] = "cold"  # cold: a buffer twice the L2 written before each sample
-    warmup_ms: float = Field(25.0, ge=0)
-    budget_ms: float = Field(1000.0, gt=0)  # stop sampling after this much, if min_samples are in
-    min_samples: int = Field(10, ge=1)
-    max_samples: int = Field(1000, ge=1)
-    target_rse: float = Field(0.01, gt=0, lt=1)  # stop once the median's relative error is this
+    warmup_ms: StrictFloat = Field(25.0, ge=0)
+    budget_ms: StrictFloat = Field(1000.0, gt=0)  # stop sampling after this, if min_samples are in
+    min_samples: StrictInt = Field(10, ge=1)
+    max_samples: StrictInt = Field(1000, ge=1)
+    target_rse: StrictFloat = Field(0.01, gt=0, lt=1)  # stop once the median's error is this
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> TimingPolicy:
+        if self.min_samples > self.max_samples:
+            raise ValueError(f"min_samples ({self.min_samples}) must be at most max_samples "
+                             f"({self.max_samples})")
+        return self
 
 
 class SweepConfig(BaseModel):
-    """A sweep: every axis is a list (a scalar in YAML means a list of one); cases are the grid."""
+    """A sweep: every axis is a list (a scalar in YAML means a list of one); cases are the grid.
+
+    Sizes are strict integers and masks strict booleans: YAML's ``true`` is no length, ``1``
+    no mask, and ``16.0`` no head count."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -55,18 +73,18 @@ class SweepConfig(BaseModel):
     device: Literal["auto", "cuda", "cpu"] = "auto"
     backends: list[str] = Field(default_factory=lambda: ["triton", "sdpa", "naive"], min_length=1)
     mode: list[Mode] = Field(default_factory=lambda: [Mode.FWD], min_length=1)
-    batch: list[int] = Field(default_factory=lambda: [4], min_length=1)
-    heads: list[int] = Field(default_factory=lambda: [32], min_length=1)
-    kv_heads: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
-    seq_len: list[int] = Field(default_factory=lambda: [1024], min_length=1)
-    kv_len: list[int | None] = Field(default_factory=lambda: [None], min_length=1)
-    head_dim: list[int] = Field(default_factory=lambda: [128], min_length=1)
+    batch: list[StrictInt] = Field(default_factory=lambda: [4], min_length=1)
+    heads: list[StrictInt] = Field(default_factory=lambda: [32], min_length=1)
+    kv_heads: list[StrictInt | None] = Field(default_factory=lambda: [None], min_length=1)
+    seq_len: list[StrictInt] = Field(default_factory=lambda: [1024], min_length=1)
+    kv_len: list[StrictInt | None] = Field(default_factory=lambda: [None], min_length=1)
+    head_dim: list[StrictInt] = Field(default_factory=lambda: [128], min_length=1)
     dtype: list[Literal["fp16", "bf16", "fp32"]] = Field(default_factory=lambda: ["bf16"],
                                                         min_length=1)
-    causal: list[bool] = Field(default_factory=lambda: [False], min_length=1)
+    causal: list[StrictBool] = Field(default_factory=lambda: [False], min_length=1)
     timing: TimingPolicy = Field(default_factory=TimingPolicy)
     # Beyond this a case is a hang: its worker is killed and replaced (at most a day).
-    case_timeout_s: float = Field(600.0, gt=0, le=86400)
+    case_timeout_s: StrictFloat = Field(600.0, gt=0, le=86400)
 
     @field_validator("backends", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len",
                      "head_dim", "dtype", "causal", mode="before")
@@ -81,7 +99,7 @@ class SweepConfig(BaseModel):
         known = registry.names()
         for name in names:
             if name not in known:
-                raise ValueError(f"unknown backend {name!r}{did_you_mean(name, known)};"
+                raise ValueError(f"unknown backend {quoted(name)}{did_you_mean(name, known)};"
                                  f" allowed: {', '.join(known)} (or a plugin's: --plugin FILE)")
         return list(dict.fromkeys(names))
 
@@ -100,17 +118,21 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or "config"
     kind, msg = first["type"], first["msg"]
+    # The input is quoted short: it can be any size (a list of a thousand lists).
     if kind == "extra_forbidden":
         key = str(first["loc"][-1])
         parent = SweepConfig if len(first["loc"]) == 1 else TimingPolicy
         allowed = list(parent.model_fields)
-        return (f"{source}: unknown key {key!r}{did_you_mean(key, allowed)}; "
+        return (f"{source}: unknown key {quoted(key)}{did_you_mean(key, allowed)}; "
                 f"allowed keys: {', '.join(allowed)}")
     if kind in ("literal_error", "enum"):
-        return f"{source}: {loc}: {first['input']!r} is not allowed; {msg.lower()}"
-    msg = msg.removeprefix("Value error, ")
-    return f"{source}: {loc}: {msg} (got {first['input']!r})" if "got" not in msg else \
-        f"{source}: {loc}: {msg}"
+        return f"{source}: {loc}: {quoted(first['input'])} is not allowed; {msg.lower()}"
+    msg = " ".join(msg.removeprefix("Value error, ").split())
+    # flashbench's own checks name the value already; a check of several keys at once (a
+    # mapping as input) names the keys: nothing more to quote.
+    if kind == "value_error" or "got" in msg or isinstance(first["input"], dict):
+        return f"{source}: {loc}: {msg}"
+    return f"{source}: {loc}: {msg} (got {quoted(first['input'])})"
 
 
 # Presets renamed for what they are; the old names still work, with a note.
@@ -123,16 +145,28 @@ def list_presets() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
+def _read_file(path: Path, config: str) -> str:
+    """A config file's text; bad input when it is missing, unreadable or not UTF-8."""
+    if path.is_dir():
+        raise UserError(f"config {config} is a folder, not a YAML file")
+    if not path.is_file():
+        raise UserError(f"config file not found: {config}")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read config {config}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{config}: not UTF-8 text (byte {data[e.start]:#04x} at line {line}); "
+                        f"a config is a YAML file in UTF-8") from None
+
+
 def _read_source(config: str) -> tuple[dict, str]:
     path = Path(config)
     if path.suffix in (".yaml", ".yml") or path.exists():
-        if not path.is_file():
-            raise UserError(f"config file not found: {config}")
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise UserError(f"cannot read config {config}: {e.strerror}") from None
-        source = str(path)
+        text, source = _read_file(path, config), str(path)
     else:
         if config in RENAMED_PRESETS:
             if config not in _NOTED:
@@ -147,7 +181,12 @@ def _read_source(config: str) -> tuple[dict, str]:
         text = (resources.files("flashbench.configs") / f"{config}.yaml").read_text()
         source = f"preset {config}"
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml.load(text)
+    except safe_yaml.YamlRefused as e:
+        raise UserError(f"{source}: {e}") from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply; a config is a mapping of keys to values "
+                        f"and lists") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -182,6 +221,7 @@ def validate_config(data: dict[str, Any], source: str) -> SweepConfig:
     except ValidationError as e:
         raise UserError(format_validation_error(e, source)) from None
     _check_head_groups(cfg, source)
+    _check_grid_size(cfg, source)
     return cfg
 
 
@@ -205,6 +245,15 @@ def _check_head_groups(cfg: SweepConfig, source: str) -> None:
         if kv_heads is not None and heads % kv_heads != 0:
             raise UserError(f"{source}: heads ({heads}) must be a multiple of kv_heads "
                             f"({kv_heads}) for grouped-query attention")
+
+
+def _check_grid_size(cfg: SweepConfig, source: str) -> None:
+    """Refuse a grid too large to ever finish, before it is expanded (ten axes of twenty
+    values are 10^13 cases, which a 200-byte file can ask for)."""
+    size = math.prod(len(dict.fromkeys(getattr(cfg, axis))) for axis in _AXES)
+    if size > MAX_CASES:
+        raise UserError(f"{source}: the grid has {size:,} cases (the product of the lengths of "
+                        f"{', '.join(_AXES)}); at most {MAX_CASES:,} in one sweep")
 
 
 def expand_cases(cfg: SweepConfig) -> list[Case]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import reprlib
+from typing import Any, Iterable
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "UserError",
-           "did_you_mean", "one_line"]
+           "did_you_mean", "one_line", "quoted"]
 
 # Exit codes, as the README documents them.
 EXIT_OK = 0
@@ -29,3 +30,17 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     """An exception as one line, its type first: ``RuntimeError: CUDA error: ...``."""
     text = " ".join(str(exc).split())
     return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:limit]
+
+
+# Bounded at every level, so that quoting a huge value costs little, not just prints little.
+_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHORT.maxlevel = 3
+_SHORT.maxtuple = _SHORT.maxlist = _SHORT.maxdict = _SHORT.maxset = 8
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 400
+
+
+def quoted(value: Any, limit: int = 120) -> str:
+    """A value from the input as a message quotes it: its repr, on one line, at most ``limit``
+    characters (a value read from a file can be any size)."""
+    text = " ".join(_SHORT.repr(value).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from flashbench.core import costs
 from flashbench.core.cases import CASE_FIELDS, SHAPE_FIELDS, Case, Mode, Status
+from flashbench.core.errors import quoted
 from flashbench.core.roofline import roofline_fields
 
 __all__ = ["FIELD_GROUPS", "RESULT_FIELDS", "ROW_FIELDS", "Row", "RowError", "blank_row",
@@ -49,6 +50,9 @@ ROW_FIELDS: tuple[str, ...] = (*CASE_FIELDS, *(f for g in FIELD_GROUPS.values() 
 
 Number = float | None  # JSON numbers; NaN and infinity are written as null
 Count = StrictInt | None
+# What no measurement can be: a size below 1, a time below 0 (a damaged or forged file).
+Size = Annotated[StrictInt, Field(ge=1)]
+Duration = Annotated[float, Field(ge=0)]
 
 
 class Row(BaseModel):
@@ -58,12 +62,12 @@ class Row(BaseModel):
 
     backend: StrictStr
     mode: Mode
-    batch: StrictInt
-    heads: StrictInt
-    kv_heads: StrictInt
-    seq_len: StrictInt
-    kv_len: StrictInt
-    head_dim: StrictInt
+    batch: Size
+    heads: Size
+    kv_heads: Size
+    seq_len: Size
+    kv_len: Size
+    head_dim: Size
     dtype: Literal["fp16", "bf16", "fp32"]
     causal: StrictBool
     status: Status
@@ -72,14 +76,14 @@ class Row(BaseModel):
     device: StrictStr | None = None
     timer: StrictStr | None = None
     l2: Literal["cold", "hot"] | None = None
-    samples_ms: list[float] = []
-    median_ms: Number = None
-    mean_ms: Number = None
-    std_ms: Number = None
-    min_ms: Number = None
-    p20_ms: Number = None
-    p80_ms: Number = None
-    n_samples: Count = None
+    samples_ms: list[Duration] = []
+    median_ms: Duration | None = None
+    mean_ms: Duration | None = None
+    std_ms: Duration | None = None
+    min_ms: Duration | None = None
+    p20_ms: Duration | None = None
+    p80_ms: Duration | None = None
+    n_samples: Annotated[StrictInt, Field(ge=0)] | None = None
     flops: Count = None
     tflops: Number = None
     hbm_bytes: Count = None
@@ -124,7 +128,10 @@ def check_row(data: Any) -> dict[str, Any]:
     except ValidationError as e:
         first = e.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "row"
-        raise RowError(field, first["msg"][:1].lower() + first["msg"][1:]) from None
+        message = first["msg"][:1].lower() + first["msg"][1:]
+        if first["type"] != "missing":  # the value, cut short: a line of a file can be huge
+            message += f", got {quoted(first['input'], 80)}"
+        raise RowError(field, message) from None
     return data
 
 

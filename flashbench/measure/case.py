@@ -34,6 +34,20 @@ __all__ = ["Refused", "case_call", "make_inputs", "measure_case", "mode_call"]
 _SDPA_REFUSALS = ("No available kernel", "No viable backend")
 
 
+# How an allocation that failed reads when it is no torch.OutOfMemoryError: the CPU allocator
+# raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate memory: you tried to
+# allocate ...", "... not enough memory: ..."), as do some CUDA libraries ("out of memory").
+_OOM_WORDS = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocation that failed: an answer about the case (``oom``), not a
+    failure of the backend (``error``)."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and any(w in str(e).lower() for w in _OOM_WORDS)
+
+
 class Refused(Exception):
     """The backend declined the case when called (SDPA's 'No available kernel')."""
 
@@ -56,12 +70,13 @@ def measure_case(case: Case, device: torch.device, policy: TimingPolicy,
     try:
         _measure_into(row, case, backend, device, policy, nvml_handle)
         row.update(roofline_fields(row, ceilings))
-    except torch.OutOfMemoryError as e:
-        row.update(status=Status.OOM, error=one_line(e, 300))
     except Refused as e:
         row.update(status=Status.UNSUPPORTED, error=str(e))
     except Exception as e:  # any other failure is this case's status; the sweep goes on
-        row.update(status=Status.ERROR, error=one_line(e))
+        if _out_of_memory(e):
+            row.update(status=Status.OOM, error=one_line(e, 300))
+        else:
+            row.update(status=Status.ERROR, error=one_line(e))
     finally:
         _release(device)
     return row

@@ -13,7 +13,7 @@ from flashbench.output.tables import (backends_display, fixed_shape, legend, run
                                       to_grid)
 from flashbench.results.check import CheckResult, parse_threshold
 from flashbench.results.compare import compare_backends, compare_runs
-from flashbench.results.store import load_run
+from flashbench.results.reading import load_run
 
 __all__ = ["Comparison", "check_grid", "comparison"]
 

@@ -12,6 +12,7 @@ import pandas as pd
 from flashbench.core.cases import SHAPE_FIELDS, Status
 from flashbench.results.compare import compare_backends
 from flashbench.core.errors import UserError
+from flashbench.core.rows import finite_or_none
 from flashbench.output.formats import milliseconds, number, shape_value
 from flashbench.output.machine import ceilings_text
 from flashbench.output.tables import (backends_display, fixed_shape, legend, markdown_table,
@@ -132,14 +133,23 @@ def _html(rows: list[dict[str, Any]], meta: dict[str, Any], side_by_side: pd.Dat
         return render_html(meta, images=[], plots_note=f"No plots: {e}.", **parts)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN and infinity in it, however deep, made null (JSON has neither)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return finite_or_none(value)
+
+
 def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], fmt: str,
                   plot_dir: Path | None = None) -> tuple[str, list[Path]]:
     """The report's text, and the plot files written (into ``plot_dir`` when given)."""
     images = _plots(rows, meta, plot_dir) if plot_dir is not None else []
     if fmt == "csv":
         return results_frame(rows).to_csv(index=False), images
-    if fmt == "json":
-        return json.dumps(rows, indent=1) + "\n", images
+    if fmt == "json":  # valid JSON: a NaN or infinity read from a file is null
+        return json.dumps(_finite(rows), indent=1, allow_nan=False) + "\n", images
     side_by_side = compare_backends(rows)
     display = backends_display(side_by_side)
     if fmt == "markdown":

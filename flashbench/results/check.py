@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,17 @@ import pandas as pd
 from flashbench.core.cases import Case
 from flashbench.core.environment import COMPARABLE, environment_differences
 from flashbench.results.compare import compare_runs
-from flashbench.core.errors import UserError
-from flashbench.results.store import load_run
+from flashbench.core.errors import UserError, quoted
+from flashbench.results.reading import load_run
 
 __all__ = ["CheckResult", "env_differences", "junit_xml", "parse_threshold", "run_check",
            "summary_markdown"]
 
 FAILING = ("regression", "status-regression")
+
+
+# A slowdown of more than ten times is no threshold: it would let everything through.
+MAX_THRESHOLD = 10.0
 
 
 def parse_threshold(text: str) -> float:
@@ -27,11 +32,15 @@ def parse_threshold(text: str) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise UserError(f"--threshold: {text!r} is not a percentage such as 5%") from None
+        raise UserError(f"--threshold: {quoted(text)} is not a percentage such as 5%") from None
+    if not math.isfinite(value):  # float() takes 'inf' and 'nan'; no comparison holds for nan
+        raise UserError(f"--threshold: {quoted(text)} is not a finite percentage; give one "
+                        f"such as 5%")
     if text.strip().endswith("%") or value >= 1:
         value /= 100
-    if not 0 < value < 10:
-        raise UserError(f"--threshold: {text!r} must be above 0%")
+    if not 0 < value < MAX_THRESHOLD:
+        raise UserError(f"--threshold: {quoted(text)} must be above 0% and below "
+                        f"{MAX_THRESHOLD:.0%}")
     return value
 
 

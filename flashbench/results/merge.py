@@ -22,8 +22,8 @@ from typing import Any, Sequence
 from flashbench.core.cases import Case, RunStatus, case_key
 from flashbench.core.environment import SAME_SWEEP, environment_differences
 from flashbench.core.errors import UserError
-from flashbench.results.store import RunFolder, check_root, find_run, prepare_root, read_meta, \
-    read_rows
+from flashbench.results.store import RunFolder, check_root, prepare_root
+from flashbench.results.reading import find_run, read_meta, read_rows
 
 __all__ = ["MergeResult", "merge_runs"]
 

@@ -1,22 +1,22 @@
-"""Run folders on disk: meta.json written atomically, results.jsonl appended and flushed row by row."""
+"""Run folders on disk, as a sweep writes them: meta.json written atomically, results.jsonl appended and flushed row by row.
 
+Reading runs back, checked, is flashbench.results.reading.
+"""
 from __future__ import annotations
 
 import fcntl
 import json
 import os
 import secrets
-import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from flashbench.core.cases import case_key
 from flashbench.core.errors import UserError
 from flashbench.core.rows import RowError, check_row, finite_or_none
 
-__all__ = ["RunFolder", "WriteFailed", "check_root", "create_run", "find_run", "load_run",
-           "open_run", "prepare_root", "read_meta", "read_rows"]
+__all__ = ["META", "RESULTS", "RunFolder", "WriteFailed", "check_root", "create_run", "open_run",
+           "prepare_root"]
 
 META = "meta.json"
 RESULTS = "results.jsonl"
@@ -81,6 +81,8 @@ class RunFolder:
         row (the writer died between the two writes), and cut when it is torn (its case runs
         again). Returns "kept", "cut", or None when there was nothing to mend.
         """
+        if not self.results_path.is_file():  # missing, or a folder: the reader says so
+            return None
         try:
             with open(self.results_path, "rb+") as f:
                 data = f.read()
@@ -195,87 +197,3 @@ def open_run(path: Path) -> RunFolder:
     run = RunFolder(path)
     run.lock()
     return run
-
-
-def find_run(ref: str | Path | None, root: Path) -> Path:
-    """A run folder from a path, a run id under ``root``, or the latest run when None."""
-    if ref is None:
-        # profile-* folders (flashbench profile) hold no results: not a run to compare.
-        runs = sorted((p for p in root.glob("*/") if (p / META).exists()
-                       and not p.name.startswith("profile-")),
-                      key=lambda p: (p / META).stat().st_mtime) if root.is_dir() else []
-        if not runs:
-            raise UserError(f"no runs under {root}; run `flashbench run` first")
-        return runs[-1]
-    path = Path(ref)
-    if not path.exists() and (root / str(ref)).exists():
-        path = root / str(ref)
-    if not path.exists():
-        raise UserError(f"no such run or results file: {ref}")
-    if path.is_file() and path.name == RESULTS:
-        path = path.parent
-    if not path.is_dir() or not (path / RESULTS).exists() and not (path / META).exists():
-        raise UserError(f"not a flashbench run folder: {ref}")
-    return path
-
-
-def read_meta(run: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run / META).read_text())
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError as e:
-        raise UserError(f"{run / META} is not valid JSON: {e.msg} at line {e.lineno}") from None
-
-
-def _iter_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """Each row of a results file, checked against the row schema (flashbench.core.rows)."""
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):  # a torn last line: the writer died mid-row
-                print(f"warning: {path}:{number}: skipping a torn last line", file=sys.stderr)
-                continue
-            raise UserError(f"{path}:{number}: not a JSON object") from None
-        try:
-            yield check_row(data)
-        except RowError as e:
-            raise UserError(f"{path}:{number}: not a flashbench result row ({e})") from None
-
-
-def read_rows(run_or_file: Path) -> list[dict[str, Any]]:
-    """Every row of a run folder or a results.jsonl file; a case twice is damage (a run
-    measures each case once, a resume only what has no row)."""
-    path = run_or_file / RESULTS if run_or_file.is_dir() else run_or_file
-    if not path.exists():
-        raise UserError(f"no results file at {path}")
-    rows, seen = [], {}
-    for number, row in enumerate(_iter_rows(path), start=1):
-        key = case_key(row)
-        if key in seen:
-            raise UserError(f"{path}: row {number} repeats the case of row {seen[key]} "
-                            f"({row['backend']} N{row['seq_len']}): a damaged results file")
-        seen[key] = number
-        rows.append(row)
-    return rows
-
-
-def load_run(ref: str | Path | None, root: Path) -> tuple[list[dict[str, Any]], dict[str, Any], Path]:
-    """Rows, meta and location of a run folder, a run id, a results file, or the latest run.
-
-    A results file may stand alone (a committed baseline): its meta is the meta.json beside
-    it when there is one, else empty. A run without rows is bad input.
-    """
-    path = Path(ref) if ref is not None else None
-    if path is not None and path.is_file():
-        rows, meta = read_rows(path), read_meta(path.parent)
-    else:
-        path = find_run(ref, root)
-        rows, meta = read_rows(path), read_meta(path)
-    if not rows:
-        raise UserError(f"{path} has no results")
-    return rows, meta, path

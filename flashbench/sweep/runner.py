@@ -14,8 +14,9 @@ from flashbench.core.config import SweepConfig, expand_cases, validate_config
 from flashbench.core.environment import SAME_MACHINE, environment_differences
 from flashbench.core.errors import UserError
 from flashbench.core.plugins import load_plugins
-from flashbench.results.store import RunFolder, WriteFailed, check_root, create_run, find_run, \
-    open_run, read_meta, read_rows
+from flashbench.results.reading import find_run, read_meta, read_rows
+from flashbench.results.store import (RunFolder, WriteFailed, check_root, create_run,
+                                      open_run)
 from flashbench.sweep.device_lock import LockMode, device_locks
 from flashbench.sweep.devices import Device, row_device_fields
 from flashbench.sweep.executors import Executor, Interrupted, WorkerStartError
