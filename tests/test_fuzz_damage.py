@@ -80,7 +80,7 @@ def _no_traceback(result, gate: bool = False) -> None:
     assert "Traceback" not in result.output
 
 
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_damaged_runs_are_read_or_refused_and_resumed_once(pristine, tmp_path, data):

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from flashbench.core import costs
-from flashbench.core import registry
 from flashbench.core.cases import Case, Mode
 from flashbench.core.rows import RESULT_FIELDS
 from flashbench.measure.case import measure_case
@@ -20,17 +19,6 @@ def case(backend, **kw):
     base = dict(backend=backend, mode=Mode.FWD, batch=1, heads=4, kv_heads=2, seq_len=33,
                 kv_len=33, head_dim=32, dtype="fp32", causal=True)
     return Case(**(base | kw))
-
-
-@pytest.fixture
-def fake_backend(monkeypatch):
-    """Register a throwaway backend built from a forward function."""
-    monkeypatch.setattr(registry, "_PLUGINS", {})
-
-    def add(name, forward):
-        registry.register_backend(name, description="a test backend")(
-            lambda q, k, v, *, causal, scale: forward(q, k, v))
-    return add
 
 
 @pytest.mark.parametrize("backend", ["naive", "sdpa", "sdpa-math"])

@@ -367,17 +367,6 @@ def test_a_bad_threshold_says_what_is_wrong(shards, threshold, message):
 
 # --- a failed allocation on a CPU is oom, not error ----------------------------------------------
 
-@pytest.fixture
-def fake_backend(monkeypatch):
-    """Register a throwaway backend built from a forward function (as in test_measure.py)."""
-    monkeypatch.setattr(registry, "_PLUGINS", {})
-
-    def add(name, forward):
-        registry.register_backend(name, description="a test backend")(
-            lambda q, k, v, *, causal, scale: forward(q, k, v))
-    return add
-
-
 @pytest.mark.parametrize("exc", [
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate "
                  "memory: you tried to allocate 68719476736 bytes. Error code 12 (Cannot "

@@ -39,14 +39,28 @@ def _run(*args, env=None, **kw):
                           timeout=300, env=env, **kw)
 
 
-def _sweep(tmp_path, backends=("naive", "sdpa"), seqs=(16, 24, 32)):
+def _sweep(tmp_path, backends=("naive", "sdpa"), seqs=(16, 24)):
     return write_config(tmp_path / "sweep.yaml", backends, seq_len=seqs)
 
 
-def test_resume_keeps_a_finished_last_row_whose_newline_is_missing(tmp_path):
-    out = tmp_path / "runs"
-    assert _run("run", "--config", _sweep(tmp_path), "--out", out, "--no-progress").returncode == 0
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished run of four cases, measured once for the tests that damage a copy of it."""
+    tmp = tmp_path_factory.mktemp("finished")
+    out = tmp / "runs"
+    assert _run("run", "--config", _sweep(tmp), "--out", out, "--no-progress").returncode == 0
     (run,) = out.iterdir()
+    return run
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(run, tmp_path / run.name))
+
+
+def test_resume_keeps_a_finished_last_row_whose_newline_is_missing(finished, tmp_path):
+    run = _copy(finished, tmp_path)
     results = run / "results.jsonl"
     complete = results.read_text()
     results.write_text(complete[:-1])  # killed between the row and its newline
@@ -60,17 +74,15 @@ def test_resume_keeps_a_finished_last_row_whose_newline_is_missing(tmp_path):
     assert "nothing to resume" in done.stderr
 
 
-def test_resume_cuts_a_torn_last_line_and_measures_its_case_again(tmp_path):
-    out = tmp_path / "runs"
-    assert _run("run", "--config", _sweep(tmp_path), "--out", out, "--no-progress").returncode == 0
-    (run,) = out.iterdir()
+def test_resume_cuts_a_torn_last_line_and_measures_its_case_again(finished, tmp_path):
+    run = _copy(finished, tmp_path)
     results = run / "results.jsonl"
     lines = results.read_text().splitlines()
     results.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])
     done = _run("run", "--resume", run, "--no-progress")
     assert done.returncode == 0 and "cut a torn last line" in done.stderr
     rows = rows_of(run)
-    assert len(rows) == 6 and len({key(r) for r in rows}) == 6  # each case exactly once
+    assert len(rows) == 4 and len({key(r) for r in rows}) == 4  # each case exactly once
 
 
 def test_a_full_disk_mid_run_ends_it_with_one_line_and_a_resume_finishes_it(tmp_path):
@@ -92,7 +104,7 @@ def test_a_full_disk_mid_run_ends_it_with_one_line_and_a_resume_finishes_it(tmp_
     done = _run("run", "--resume", run, "--no-progress")
     assert done.returncode == 0, done.stderr
     rows = rows_of(run)
-    assert len(rows) == 6 and len({key(r) for r in rows}) == 6
+    assert len(rows) == 4 and len({key(r) for r in rows}) == 4
     assert json.loads((run / "meta.json").read_text())["status"] == "completed"
 
 
@@ -106,14 +118,20 @@ def test_a_disk_full_before_the_first_case_is_bad_input_and_leaves_no_run(tmp_pa
     assert not any(out.iterdir())
 
 
-def test_a_deleted_results_file_fails_the_run(tmp_path):
-    out = tmp_path / "runs"
+def _slow_sweep_under_way(tmp_path, out):
+    """A real `flashbench run` of six slow cases (0.1 s a call), once its first row is on disk."""
     config = write_config(tmp_path / "slow.yaml", ("naive", "slow-sdpa"), seq_len=(16, 24, 32))
     proc = subprocess.Popen([FLASHBENCH, "run", "--config", config, "--plugin",
                              PLUGINS / "slow.py", "--out", out, "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: out.exists() and any(count_lines(p / "results.jsonl") >= 1
                                           for p in out.iterdir()))
+    return proc
+
+
+def test_a_deleted_results_file_fails_the_run(tmp_path):
+    out = tmp_path / "runs"
+    proc = _slow_sweep_under_way(tmp_path, out)
     (run,) = out.iterdir()
     (run / "results.jsonl").unlink()
     _, stderr = proc.communicate(timeout=120)
@@ -124,12 +142,7 @@ def test_a_deleted_results_file_fails_the_run(tmp_path):
 
 def test_sighup_ends_a_sweep_as_sigterm_does(tmp_path):
     out = tmp_path / "runs"
-    config = write_config(tmp_path / "slow.yaml", ("naive", "slow-sdpa"), seq_len=(16, 24, 32))
-    proc = subprocess.Popen([FLASHBENCH, "run", "--config", config, "--plugin",
-                             PLUGINS / "slow.py", "--out", out, "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: out.exists() and any(count_lines(p / "results.jsonl") >= 1
-                                          for p in out.iterdir()))
+    proc = _slow_sweep_under_way(tmp_path, out)
     proc.send_signal(signal.SIGHUP)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
@@ -168,29 +181,33 @@ def test_a_busy_device_is_refused_with_no_wait_naming_the_other_sweep(tmp_path, 
     assert not out.exists() or not any(out.iterdir())
     shared = _run("run", "--config", _sweep(tmp_path), "--out", out, "--allow-shared-device",
                   "--no-progress")
-    assert shared.returncode == 0 and len(rows_of(next(out.iterdir()))) == 6
+    assert shared.returncode == 0 and len(rows_of(next(out.iterdir()))) == 4
 
 
 def test_a_second_sweep_waits_for_the_device_then_runs(tmp_path, busy_cpu):
     out = tmp_path / "runs"
-    proc = subprocess.Popen([FLASHBENCH, "run", "--config", _sweep(tmp_path), "--out", out,
-                             "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    time.sleep(8)  # long enough for its worker to start and meet the lock
+    log = tmp_path / "stderr"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([FLASHBENCH, "run", "--config", _sweep(tmp_path), "--out", out,
+                                 "--no-progress"], stdout=subprocess.DEVNULL, stderr=err,
+                                text=True)
+    wait_for(lambda: "waiting for" in log.read_text())  # its worker started and met the lock
+    time.sleep(0.5)
     assert proc.poll() is None and not (out.exists() and any(out.iterdir()))
     busy_cpu()
-    _, stderr = proc.communicate(timeout=120)
+    proc.communicate(timeout=120)
+    stderr = log.read_text()
     assert proc.returncode == 0, stderr
     assert "waiting for the CPU of" in stderr and "--no-wait refuses instead" in stderr
-    assert len(rows_of(next(out.iterdir()))) == 6
+    assert len(rows_of(next(out.iterdir()))) == 4
 
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 24 KiB tmpfs: the real ENOSPC (needs root; skipped where mount is refused)."""
+    """A 16 KiB tmpfs: the real ENOSPC (needs root; skipped where mount is refused)."""
     mount = tmp_path / "tiny"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(mount)],
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
                       capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here (not root)")
     yield mount
@@ -199,7 +216,7 @@ def tiny_disk(tmp_path):
 
 def test_a_really_full_disk_keeps_the_rows_and_a_resume_elsewhere_finishes(tmp_path, tiny_disk):
     config = write_config(tmp_path / "many.yaml", ("naive", "sdpa"),
-                          seq_len=tuple(range(16, 16 + 8 * 24, 8)))
+                          seq_len=tuple(range(16, 16 + 8 * 10, 8)))
     full = _run("run", "--config", config, "--out", tiny_disk / "runs", "--no-progress")
     assert full.returncode in (1, 2), full.stderr  # 2 only when not even meta.json fitted
     errors = [ln for ln in full.stderr.splitlines() if ln.startswith("error:")]
@@ -215,5 +232,5 @@ def test_a_really_full_disk_keeps_the_rows_and_a_resume_elsewhere_finishes(tmp_p
     done = _run("run", "--resume", moved, "--no-progress")
     assert done.returncode == 0, done.stderr
     rows = rows_of(moved)
-    assert len(rows) == 48 and len({key(r) for r in rows}) == 48
+    assert len(rows) == 20 and len({key(r) for r in rows}) == 20
     assert (moved / "results.jsonl").read_text().startswith(kept.rpartition("\n")[0])

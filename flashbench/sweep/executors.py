@@ -30,12 +30,12 @@ __all__ = ["STARTUP_TIMEOUT_S", "STDERR_TAIL_LINES", "Executor", "InProcessExecu
            "Interrupted", "WorkerExecutor", "WorkerStartError", "plugin_import_timeout_s"]
 
 STARTUP_TIMEOUT_S = 300.0  # importing torch and initializing CUDA, on a busy machine
-PLUGIN_IMPORT_FLOOR_S = 30.0  # a plugin that imports torch's extras takes seconds
+PLUGIN_IMPORT_FLOOR_S = 15.0  # a plugin that imports torch's extras takes seconds (the probe warmed the disk cache)
 
 
 def plugin_import_timeout_s(case_timeout_s: float) -> float:
     """How long the worker's import of the plugins may take: as long as a case (their code may
-    hang just as a case may), but at least 30 s and at most the whole start-up's 300 s."""
+    hang just as a case may), but at least 15 s and at most the whole start-up's 300 s."""
     return min(STARTUP_TIMEOUT_S, max(case_timeout_s, PLUGIN_IMPORT_FLOOR_S))
 
 
