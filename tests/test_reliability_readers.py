@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from flashbench.cli import app
-from flashbench.core import registry, safe_yaml
+from flashbench.core import safe_yaml
 from flashbench.core.cases import Case, Mode
 from flashbench.core.config import TimingPolicy, load_config
 from flashbench.core.errors import UserError
