@@ -7,7 +7,7 @@ import math
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
@@ -51,6 +51,18 @@ class TimingPolicy(BaseModel):
     min_samples: StrictInt = Field(10, ge=1)
     max_samples: StrictInt = Field(1000, ge=1)
     target_rse: StrictFloat = Field(0.01, gt=0, lt=1)  # stop once the median's error is this
+    # Sample for at least this long (a power-capped card changes clocks every few 10 ms), and
+    # until the SM clock is steady, whatever the RSE says.
+    min_window_ms: StrictFloat = Field(100.0, ge=0)
+    # events: a CUDA event pair per call; graph: a batch of calls replayed from one CUDA graph
+    # (kernels under ~20 us); profiler: the device time of the kernels a call launches.
+    timer: Literal["events", "graph", "profiler"] = "events"
+    # The backends of one shape sampled in alternating rounds (A B C, B C A, ...), so that a
+    # clock change hits them alike; False: one backend after another.
+    interleave: StrictBool = True
+    # CPU only: torch's intra-op threads while timing (1: a loaded machine's threads do not
+    # contend); None leaves torch's default.
+    threads: Annotated[StrictInt, Field(ge=1)] | None = 1
 
     @model_validator(mode="after")
     def _min_within_max(self) -> TimingPolicy:
@@ -83,6 +95,8 @@ class SweepConfig(BaseModel):
                                                         min_length=1)
     causal: list[StrictBool] = Field(default_factory=lambda: [False], min_length=1)
     timing: TimingPolicy = Field(default_factory=TimingPolicy)
+    # What our kernels' fp32 matmuls run as: TF32 tensor cores (rel. error ~1e-3) or IEEE fp32.
+    fp32_precision: Literal["tf32", "ieee"] = "tf32"
     # Beyond this a case is a hang: its worker is killed and replaced (at most a day).
     case_timeout_s: StrictFloat = Field(600.0, gt=0, le=86400)
 

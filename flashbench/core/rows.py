@@ -26,15 +26,17 @@ __all__ = ["FIELD_GROUPS", "RESULT_FIELDS", "ROW_FIELDS", "Row", "RowError", "bl
 # What each group of fields says about the case (README, "Results on disk").
 FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     "outcome": ("status", "error", "resolved_backend"),
-    "where": ("device", "timer", "l2"),
-    "latency": ("samples_ms", "median_ms", "mean_ms", "std_ms", "min_ms", "p20_ms", "p80_ms",
+    "where": ("device", "timer", "l2", "matmul_precision"),
+    # sample_rounds[i]: the round of the comparison group samples_ms[i] was taken in (the
+    # backends of one shape sampled in alternating rounds); null when not interleaved.
+    "latency": ("samples_ms", "sample_rounds", "median_ms", "mean_ms", "std_ms", "min_ms", "p20_ms", "p80_ms",
                 "n_samples"),
     "rates": ("flops", "tflops", "hbm_bytes", "gbps", "arith_intensity", "pct_peak_flops",
               "pct_peak_bw"),
     "memory": ("peak_alloc_bytes", "peak_reserved_bytes", "nvml_used_bytes"),
     "accuracy": ("max_abs_err", "rel_err"),
     "setup": ("setup_ms",),
-    "telemetry": ("sm_clock_mhz", "mem_clock_mhz", "power_w", "temp_c", "throttle",
+    "telemetry": ("sm_clock_mhz", "sm_clock_min_mhz", "sm_clock_max_mhz", "mem_clock_mhz", "power_w", "temp_c", "throttle",
                   "nvml_mem_util_pct", "gpu_mem_used_bytes"),
     "device": ("device_index", "gpu_uuid"),  # stamped by the sweep: which device measured it
     "crash": ("stderr_tail",),  # only on crash and timeout rows
@@ -76,7 +78,9 @@ class Row(BaseModel):
     device: StrictStr | None = None
     timer: StrictStr | None = None
     l2: Literal["cold", "hot"] | None = None
+    matmul_precision: Literal["tf32", "ieee"] | None = None
     samples_ms: list[Duration] = []
+    sample_rounds: list[Annotated[StrictInt, Field(ge=0)]] | None = None
     median_ms: Duration | None = None
     mean_ms: Duration | None = None
     std_ms: Duration | None = None
@@ -98,6 +102,8 @@ class Row(BaseModel):
     rel_err: Number = None
     setup_ms: Number = None
     sm_clock_mhz: Number = None
+    sm_clock_min_mhz: Number = None
+    sm_clock_max_mhz: Number = None
     mem_clock_mhz: Number = None
     power_w: Number = None
     temp_c: Number = None

@@ -105,6 +105,8 @@ class TelemetrySampler:
             mask |= int(s["reasons"])
         return {
             "sm_clock_mhz": statistics.median(s["sm"] for s in self._samples),
+            "sm_clock_min_mhz": min(s["sm"] for s in self._samples),
+            "sm_clock_max_mhz": max(s["sm"] for s in self._samples),
             "mem_clock_mhz": statistics.median(s["mem"] for s in self._samples),
             "power_w": round(statistics.fmean(s["power"] for s in self._samples), 1),
             "temp_c": max(s["temp"] for s in self._samples),
