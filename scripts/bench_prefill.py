@@ -21,7 +21,7 @@ from flashbench.core.cases import Case, Mode
 from flashbench.core.costs import flops
 from flashbench.kernels import triton_flash as current
 from flashbench.core.config import TimingPolicy
-from flashbench.measure.timing import time_callable
+from flashbench.measure.rounds import time_callable
 
 POLICY = TimingPolicy(l2="cold", warmup_ms=25, budget_ms=400, min_samples=10, max_samples=300)
 HERE = Path(__file__).resolve().parent

@@ -149,17 +149,26 @@ def test_off_clock_and_throttled_cases_are_marked_and_noted():
         r["seq_len"] = r["kv_len"] = seq
     clock = clocks.run_clock(rows)
     assert clock == 1980
-    assert [clocks.off_clock(r, clock) for r in rows] == [False, False, True, True]
+    # At its power cap a card runs at the clock NVML reads: the cap alone marks nothing; a
+    # clock 11% below the run's does, as does a thermal slowdown.
+    assert [clocks.off_clock(r, clock) for r in rows] == [False, False, True, False]
+    assert clocks.off_clock({"sm_clock_mhz": 1980, "throttle": "hw_thermal_slowdown"}, 1980)
     # 3 % is the line: 1921 MHz is off (3.0 %), 1925 is not (2.8 %).
     assert clocks.off_clock({"sm_clock_mhz": 1920}, 1980)
     assert not clocks.off_clock({"sm_clock_mhz": 1925}, 1980)
+    # A clock that moved while the case was sampled: 1980 down to 1900 is 4% (marked); to
+    # 1935, 2.3% (not).
+    rows[1].update(sm_clock_min_mhz=1900, sm_clock_max_mhz=1980)
+    assert clocks.off_clock(rows[1], clock)
+    assert not clocks.off_clock(rows[1] | {"sm_clock_min_mhz": 1935}, clock)
     assert clocks.telemetry_notes(rows) == [
         "telemetry: 1 case(s) saw sw_power_cap",
+        "telemetry: 1 case(s) saw the SM clock move by more than 3% while sampled (marked !)",
         "telemetry: 1 case(s) ran at an SM clock more than 3% off the run's median 1980 MHz "
         "(1755–1755 MHz)"]
     ms = sweep_table(rows).groups[0][1][0]  # the one backend's ms column
     cells = [str(c) for c in ms.cells]
-    assert cells == ["1.000", "2.000", "3.000!", "4.000!"]
+    assert cells == ["1.000", "2.000!", "3.000!", "4.000"]
     assert clocks.telemetry_notes([{"sm_clock_mhz": None}]) == []
 
 
@@ -222,9 +231,12 @@ def test_markdown_report_shows_each_case_against_the_calibrated_card():
     first = table.iloc[0]
     assert first["% peak FLOP/s"] == f"{rows[0]['pct_peak_flops']:.3g}"
     assert first["FLOP/B"] == f"{rows[0]['arith_intensity']:.3g}" == "508"
-    # The run's own marks: throttled cases and the one at 1635 MHz carry "!".
+    # The run's own marks: the cases whose clock was more than 3% off the run's median (the
+    # one at 1635 MHz, and 4 of the 18 at the power cap: 1860 MHz and below); the power cap
+    # alone marks nothing.
+    clock = clocks.run_clock(rows)
     marked = table[table["throttle"].str.endswith("!")]
-    assert len(marked) == sum(1 for r in rows if r["throttle"]) + 1
+    assert len(marked) == sum(abs(r["sm_clock_mhz"] - clock) / clock > 0.03 for r in rows) == 5
     text, _ = render_report(rows, meta, "markdown")
     assert "matmul bf16 768.3 TFLOP/s" in text and "copy 3,030 GB/s" in text
     assert "| backend | seq_len | head_dim | causal | ms | TFLOP/s | % peak FLOP/s |" in text

@@ -20,7 +20,7 @@ def case(backend, **kw):
 
 def measure(c):
     from flashbench.measure.machine import capture_environment
-    from flashbench.measure.case import measure_case
+    from flashbench.measure.group import measure_case
     from flashbench.measure.device import select_device
     from flashbench.core.nvml import nvml_handle
 
@@ -70,7 +70,7 @@ def test_host_launch_overhead_is_not_timed():
     # time the GPU work, not the host (the timing loop holds the GPU back while it queues).
     import time
 
-    from flashbench.measure.timing import time_callable
+    from flashbench.measure.rounds import time_callable
 
     x = torch.empty(1 << 20, device="cuda")
 

@@ -40,8 +40,9 @@ def test_faulty_plugins_cost_one_row_each_and_the_sweep_goes_on(tmp_path):
     assert result.exit_code == 1, result.output  # --strict: crashes, a timeout and an error
     (run_dir,) = out.iterdir()
     rows = rows_of(run_dir)
-    # In order, one row per case, none lost and none twice.
-    assert [r["backend"] for r in rows] == list(FAULT_SWEEP)
+    # One row per case, none lost and none twice. (A row reaches the file when it is final:
+    # the failures of a comparison group before its backends that are timed together.)
+    assert sorted(r["backend"] for r in rows) == sorted(FAULT_SWEEP)
     assert {r["backend"]: r["status"] for r in rows} == FAULT_SWEEP
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["n_cases"] == len(rows) == 7
@@ -116,7 +117,7 @@ def test_ctrl_c_keeps_every_row_and_resume_finishes_the_run(tmp_path):
     before = (run_dir / "results.jsonl").read_text().splitlines()
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["status"] == "interrupted" and 2 <= len(before) < 8
-    assert "stopping after the current case" in stderr
+    assert "stopping after the current shape's backends" in stderr
     assert f"flashbench run --resume {run_dir}" in stderr
     assert "parent imported torch: False" in stderr  # the sweep's parent never loads CUDA
     assert "naive" in stdout  # the table of what was measured
@@ -156,7 +157,9 @@ def test_sigterm_abandons_a_hung_case_at_once_and_kills_its_worker(tmp_path):
     assert time.monotonic() - sent < 5  # not the 600 s case timeout
     (run_dir,) = out.iterdir()
     rows = rows_of(run_dir)
-    assert [r["backend"] for r in rows] == ["naive"]  # the abandoned case has no row
+    # The abandoned case has no row, nor has naive: it was prepared, to be timed alternately
+    # with the others, but not yet timed. A resume measures both.
+    assert rows == []
     assert json.loads((run_dir / "meta.json").read_text())["status"] == "interrupted"
     assert "abandoning the current case" in stderr
     wait_for(lambda: not Path(f"/proc/{worker}").exists(), timeout_s=5)

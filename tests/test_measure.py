@@ -8,7 +8,7 @@ import torch
 from flashbench.core import costs
 from flashbench.core.cases import Case, Mode
 from flashbench.core.rows import RESULT_FIELDS
-from flashbench.measure.case import measure_case
+from flashbench.measure.group import measure_case
 from flashbench.core.config import TimingPolicy
 
 CPU = torch.device("cpu")

@@ -17,7 +17,7 @@ from flashbench.core.cases import Case, Mode
 from flashbench.cli import app
 from flashbench.core.config import load_config
 from flashbench.core.errors import UserError
-from flashbench.measure.case import measure_case
+from flashbench.measure.group import measure_case
 from flashbench.core.config import TimingPolicy
 
 ROOT = Path(__file__).resolve().parents[1]

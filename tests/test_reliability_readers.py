@@ -20,7 +20,7 @@ from flashbench.core import safe_yaml
 from flashbench.core.cases import Case, Mode
 from flashbench.core.config import TimingPolicy, load_config
 from flashbench.core.errors import UserError
-from flashbench.measure.case import measure_case
+from flashbench.measure.group import measure_case
 from sweep_helpers import FAST_TIMING
 
 # 2 lengths, one mask, two backends: 4 cases in 2 shapes, split into 2 shards.

@@ -6,7 +6,7 @@ import pytest
 
 from flashbench.core.stats import median_rse, summarize
 from flashbench.core.config import TimingPolicy
-from flashbench.measure.timing import time_callable
+from flashbench.measure.rounds import time_callable
 
 
 def test_summarize_known_samples():
@@ -38,7 +38,7 @@ def test_cpu_timing_stops_when_stable():
 
     calls = []
     policy = TimingPolicy(l2="hot", warmup_ms=0, budget_ms=5_000, min_samples=10,
-                          max_samples=500, target_rse=0.5)
+                          max_samples=500, target_rse=0.5, min_window_ms=0)
     samples, timer = time_callable(lambda: calls.append(1), torch.device("cpu"), policy)
     assert timer == "perf-counter"
     # A loose target is met as soon as min_samples exist.

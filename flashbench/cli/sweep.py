@@ -21,6 +21,14 @@ CONFIG = typer.Option(None, "--config", "-c", metavar="PRESET|FILE",
 DEVICE = typer.Option(None, help="auto, cuda or cpu.")
 L2 = typer.Option(None, help="cold: flush L2 before every sample; hot: don't.")
 BUDGET_MS = typer.Option(None, help="Timing budget per case, ms.")
+TIMER = typer.Option(None, help="events: CUDA events around each call; graph: calls replayed "
+                                "from a CUDA graph (kernels under ~20 us); profiler: the device "
+                                "time of the kernels a call launches (CUPTI). GPU only but "
+                                "events [default: events].")
+INTERLEAVE = typer.Option(None, "--interleave/--no-interleave",
+                          help="Time the backends of each shape in alternating rounds, so that "
+                               "a clock change hits them alike, or one after another "
+                               "[default: interleave].")
 CASE_TIMEOUT = typer.Option(None, "--case-timeout",
                             help="Seconds one case may take before its worker is killed and the "
                                  "case recorded as a timeout [default: 600].")
@@ -54,7 +62,8 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
         batch: Optional[str] = shape_flag("batch"), dtype: Optional[str] = shape_flag("dtype"),
         causal: Optional[bool] = shape_flag("causal"), mode: Optional[str] = shape_flag("mode"),
         device: Optional[str] = DEVICE, l2: Optional[str] = L2,
-        budget_ms: Optional[float] = BUDGET_MS, case_timeout: Optional[float] = CASE_TIMEOUT,
+        budget_ms: Optional[float] = BUDGET_MS, timer: Optional[str] = TIMER,
+        interleave: Optional[bool] = INTERLEAVE, case_timeout: Optional[float] = CASE_TIMEOUT,
         plugin: Optional[list[Path]] = PLUGINS, resume: Optional[str] = RESUME,
         isolate: bool = ISOLATE, devices: Optional[str] = DEVICES, shard: Optional[str] = SHARD,
         out: Path = OUT, progress: bool = PROGRESS, strict: bool = STRICT, wait: bool = WAIT,
@@ -71,7 +80,7 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
         "head_dim": int_list("--head-dim", head_dim), "batch": int_list("--batch", batch),
         "dtype": str_list(dtype), "causal": None if causal is None else [causal],
         "mode": str_list(mode), "device": device, "l2": l2, "budget_ms": budget_ms,
-        "case_timeout_s": case_timeout,
+        "case_timeout_s": case_timeout, "timer": timer, "interleave": interleave,
     }
     from flashbench.sweep.launch import SweepRequest, launch
     from flashbench.sweep.runner import Interrupted, SweepFailed, SweepOptions

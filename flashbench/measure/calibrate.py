@@ -20,7 +20,7 @@ from typing import Any, Callable
 from flashbench.core.errors import UserError
 from flashbench.core.stats import summarize
 from flashbench.core.config import TimingPolicy
-from flashbench.measure.timing import time_callable
+from flashbench.measure.rounds import time_callable
 from flashbench.core.cache import cache_dir, load_entries, store_entry
 
 __all__ = ["CEILING_DTYPES", "CalibrationPlan", "cached_ceilings", "calibrate", "calibration_key",

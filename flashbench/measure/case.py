@@ -1,7 +1,9 @@
-"""Measure one case: inputs, correctness, peak memory, timing and telemetry, into one result row.
+"""One case up to its timing: inputs, the backend prepared, the checked first call and its peak memory.
 
-``measure_case`` is a function of the case and the settings alone (it makes its own inputs), so
-it can run in this process or in a worker unchanged. Every failure becomes the row's status.
+``prepare_case`` is a function of the case and the settings alone (it makes its own inputs), so
+it can run in this process or in a worker unchanged; every failure becomes the row's status.
+flashbench.measure.group times what it prepared (alone, or alternating with the other
+backends of the shape) and finishes the rows with ``finish_row``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -25,10 +28,10 @@ from flashbench.core.stats import summarize
 from flashbench.measure.backends import Backend, get_backend, torch_dtype
 from flashbench.measure.reference import (REFERENCE_CHUNK_BYTES, TOLERANCE, errors,
                                           reference_attention, reference_gradients)
-from flashbench.measure.telemetry import TelemetrySampler, memory_used_bytes
-from flashbench.measure.timing import time_callable
+from flashbench.measure.telemetry import memory_used_bytes
 
-__all__ = ["Refused", "case_call", "make_inputs", "measure_case", "mode_call"]
+__all__ = ["Prepared", "Refused", "case_call", "fail", "finish_row", "make_inputs", "mode_call",
+           "prepare_case", "release"]
 
 # SDPA refuses a forced backend with these words; the warnings it raised just before say why.
 _SDPA_REFUSALS = ("No available kernel", "No viable backend")
@@ -52,34 +55,51 @@ class Refused(Exception):
     """The backend declined the case when called (SDPA's 'No available kernel')."""
 
 
-def measure_case(case: Case, device: torch.device, policy: TimingPolicy,
-                 nvml_handle: Any | None = None,
-                 ceilings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one case end to end; always returns a row, whatever happened.
+@dataclass
+class Prepared:
+    """A case ready to be timed: its row so far (checked, memory measured) and its call; with
+    ``--timer graph`` on a cold L2, one call per copy of the inputs (flashbench.measure.graph_timer)."""
 
-    ``ceilings`` (flashbench.measure.calibrate's record for this device) adds the shares of peak."""
+    case: Case
+    row: dict[str, Any]
+    calls: list[Callable[[], Any]]
+
+
+def prepare_case(case: Case, device: torch.device, policy: TimingPolicy,
+                 nvml_handle: Any | None = None) -> tuple[dict[str, Any], Prepared | None]:
+    """A case up to its timing: the row, and what to time (None when the row is final: the
+    backend refused, ran out of memory or failed; its status says which)."""
     row = blank_row(case, str(device), policy.l2)
     backend = get_backend(case.backend)
     reason = backend.unavailable(device) or backend.unsupported(case)
     if reason:
-        return row | {"status": Status.UNSUPPORTED, "error": reason}
+        return row | {"status": Status.UNSUPPORTED, "error": reason}, None
     reason = _predicted_oom(case, device)
     if reason:
-        return row | {"status": Status.OOM, "error": reason}
+        return row | {"status": Status.OOM, "error": reason}, None
     _release(device)
     try:
-        _measure_into(row, case, backend, device, policy, nvml_handle)
-        row.update(roofline_fields(row, ceilings))
-    except Refused as e:
-        row.update(status=Status.UNSUPPORTED, error=str(e))
-    except Exception as e:  # any other failure is this case's status; the sweep goes on
-        if _out_of_memory(e):
-            row.update(status=Status.OOM, error=one_line(e, 300))
-        else:
-            row.update(status=Status.ERROR, error=one_line(e))
-    finally:
+        calls = _prepare_into(row, case, backend, device, policy, nvml_handle)
+    except Exception as e:  # any failure is this case's status; the sweep goes on
+        fail(row, e)
         _release(device)
-    return row
+        return row, None
+    return row, Prepared(case, row, calls)
+
+
+def fail(row: dict[str, Any], e: BaseException) -> None:
+    """``e`` as the row's status: unsupported (refused), oom, or error."""
+    if isinstance(e, Refused):
+        row.update(status=Status.UNSUPPORTED, error=str(e))
+    elif _out_of_memory(e):
+        row.update(status=Status.OOM, error=one_line(e, 300))
+    else:
+        row.update(status=Status.ERROR, error=one_line(e))
+
+
+def release(device: torch.device) -> None:
+    """Free what the cases just measured left cached."""
+    _release(device)
 
 
 def case_call(case: Case, device: torch.device) -> Callable[[], Any]:
@@ -96,9 +116,10 @@ def case_call(case: Case, device: torch.device) -> Callable[[], Any]:
     return run
 
 
-def make_inputs(case: Case, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Random normal Q, K, V drawn afresh per case from the case's own seed."""
-    gen = torch.Generator(device=device).manual_seed(case.seed)
+def make_inputs(case: Case, device: torch.device, seed: int | None = None
+                ) -> tuple[torch.Tensor, ...]:
+    """Random normal Q, K, V drawn afresh per case from the case's own seed (or ``seed``)."""
+    gen = torch.Generator(device=device).manual_seed(case.seed if seed is None else seed)
     dtype = torch_dtype(case.dtype)
 
     def randn(heads: int, length: int) -> torch.Tensor:
@@ -220,8 +241,8 @@ def _worst_errors(results: tuple[torch.Tensor, ...], refs: tuple[torch.Tensor, .
     return max(a for a, _ in pairs), max(rel for _, rel in pairs)
 
 
-def _measure_into(row: dict[str, Any], case: Case, backend: Backend, device: torch.device,
-                  policy: TimingPolicy, nvml_handle: Any | None) -> None:
+def _prepare_into(row: dict[str, Any], case: Case, backend: Backend, device: torch.device,
+                  policy: TimingPolicy, nvml_handle: Any | None) -> list[Callable[[], Any]]:
     q, k, v = make_inputs(case, device)
     dout = None if case.mode is Mode.FWD else _grad_output(case, q)
     refs = _references(case, q, k, v, dout)
@@ -236,24 +257,53 @@ def _measure_into(row: dict[str, Any], case: Case, backend: Backend, device: tor
         if backend.resolve is not None else case.backend
     max_abs, rel = _worst_errors((result,) if case.mode is Mode.FWD else tuple(result), refs)
     row.update(max_abs_err=max_abs, rel_err=rel)
-    del result, refs
-
-    with TelemetrySampler(nvml_handle) as sampler:
-        samples, timer = time_callable(run, device, policy)
-    row.update(sampler.summary())
-    _fill_timing(row, samples, timer)
     if rel <= TOLERANCE[case.dtype]:  # False for NaN as well
         row.update(status=Status.OK)
     else:
         row.update(status=Status.MISMATCH,
                    error=f"relative error {rel:.3g} above the {case.dtype} tolerance "
                          f"{TOLERANCE[case.dtype]:g}")
+    del result, refs
+    calls = [run]
+    for copy in range(1, _input_copies(case, device, policy, (q, k, v, dout))):
+        calls.append(_copy_call(case, backend, device, copy))
+    return calls
 
 
-def _fill_timing(row: dict[str, Any], samples: list[float], timer: str) -> None:
+# A cold L2 under --timer graph: enough copies of the inputs to be twice the L2, at most these.
+MAX_INPUT_COPIES = 32
+
+
+def _input_copies(case: Case, device: torch.device, policy: TimingPolicy,
+                  tensors: tuple[torch.Tensor | None, ...]) -> int:
+    """How many input sets the graph timer cycles through (1 for every other timer)."""
+    if policy.timer != "graph" or policy.l2 != "cold" or device.type != "cuda":
+        return 1
+    from flashbench.measure.timing import l2_bytes
+
+    nbytes = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    return max(1, min(MAX_INPUT_COPIES, math.ceil(2 * l2_bytes(device) / max(nbytes, 1))))
+
+
+def _copy_call(case: Case, backend: Backend, device: torch.device, copy: int
+               ) -> Callable[[], Any]:
+    """The case's call on a fresh copy of its inputs (other values: nothing to share a cache)."""
+    q, k, v = make_inputs(case, device, seed=case.seed + 7919 * copy)
+    run = _prepared_call(case, backend, q, k, v,
+                         None if case.mode is Mode.FWD else _grad_output(case, q))
+    run()
+    return run
+
+
+def finish_row(row: dict[str, Any], samples: list[float], timer: str,
+               rounds: list[int] | None, telemetry: dict[str, Any],
+               ceilings: dict[str, Any] | None) -> None:
+    """The timing, rates, telemetry and shares of peak of a row whose samples are in."""
     stats = summarize(samples)
-    row.update(stats.to_row(), samples_ms=samples, timer=timer)
+    row.update(telemetry)
+    row.update(stats.to_row(), samples_ms=samples, sample_rounds=rounds, timer=timer)
     seconds = stats.median_ms / 1e3
     row["tflops"] = row["flops"] / seconds / 1e12 if seconds > 0 else None
     if row["hbm_bytes"] is not None and seconds > 0:
         row["gbps"] = row["hbm_bytes"] / seconds / 1e9
+    row.update(roofline_fields(row, ceilings))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import statistics
 import threading
-from typing import Any
+import time
+from typing import Any, Callable, Sequence
 
 from flashbench.core.nvml import nvml_module
 from flashbench.core.rows import FIELD_GROUPS
 
-__all__ = ["TelemetrySampler", "decode_throttle", "memory_used_bytes"]
+__all__ = ["TelemetrySampler", "decode_throttle", "memory_used_bytes", "sm_clock_reader"]
 
 # nvmlClocksEventReasons bits (nvml.h); "gpu_idle" is left out of a case's summary because the
 # card idles between synchronizations of the timing loop, which is not throttling.
@@ -41,6 +42,21 @@ def memory_used_bytes(handle: Any | None) -> int | None:
         return None
 
 
+def sm_clock_reader(handle: Any | None) -> Callable[[], float | None] | None:
+    """A function reading the SM clock now (MHz; None once NVML fails), or None without NVML."""
+    nvml = nvml_module()
+    if handle is None or nvml is None:
+        return None
+
+    def read() -> float | None:
+        try:
+            return float(nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM))
+        except nvml.NVMLError:
+            return None
+
+    return read
+
+
 def decode_throttle(mask: int) -> list[str]:
     """Names of the clock-event reasons set in an NVML bit mask, gpu_idle excluded."""
     names = [name for bit, name in _THROTTLE_BITS.items() if mask & bit and name != "gpu_idle"]
@@ -54,6 +70,7 @@ def _read(nvml, handle) -> dict[str, float | int]:
     get_reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
         nvml.nvmlDeviceGetCurrentClocksThrottleReasons
     return {
+        "t": time.perf_counter(),
         "sm": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM),
         "mem": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_MEM),
         "power": nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
@@ -97,20 +114,27 @@ class TelemetrySampler:
             if self._stop.wait(self._interval):
                 return
 
-    def summary(self) -> dict[str, Any]:
-        if not self._samples:
+    def summary(self, spans: Sequence[tuple[float, float]] | None = None) -> dict[str, Any]:
+        """The row's telemetry fields; with ``spans`` (perf_counter intervals: one case's
+        bursts while a group alternates), from the readings taken inside them, or from all
+        readings when none fell inside (bursts shorter than the polling interval)."""
+        readings = self._samples
+        if spans:
+            inside = [s for s in readings if any(a <= s["t"] <= b for a, b in spans)]
+            readings = inside or readings
+        if not readings:
             return dict(self.EMPTY)
         mask = 0
-        for s in self._samples:
+        for s in readings:
             mask |= int(s["reasons"])
         return {
-            "sm_clock_mhz": statistics.median(s["sm"] for s in self._samples),
-            "sm_clock_min_mhz": min(s["sm"] for s in self._samples),
-            "sm_clock_max_mhz": max(s["sm"] for s in self._samples),
-            "mem_clock_mhz": statistics.median(s["mem"] for s in self._samples),
-            "power_w": round(statistics.fmean(s["power"] for s in self._samples), 1),
-            "temp_c": max(s["temp"] for s in self._samples),
+            "sm_clock_mhz": statistics.median(s["sm"] for s in readings),
+            "sm_clock_min_mhz": min(s["sm"] for s in readings),
+            "sm_clock_max_mhz": max(s["sm"] for s in readings),
+            "mem_clock_mhz": statistics.median(s["mem"] for s in readings),
+            "power_w": round(statistics.fmean(s["power"] for s in readings), 1),
+            "temp_c": max(s["temp"] for s in readings),
             "throttle": ";".join(decode_throttle(mask)),
-            "nvml_mem_util_pct": round(statistics.fmean(s["mem_util"] for s in self._samples), 1),
-            "gpu_mem_used_bytes": max(s["mem_used"] for s in self._samples),
+            "nvml_mem_util_pct": round(statistics.fmean(s["mem_util"] for s in readings), 1),
+            "gpu_mem_used_bytes": max(s["mem_used"] for s in readings),
         }

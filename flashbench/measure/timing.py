@@ -1,131 +1,172 @@
-"""Timing a zero-argument callable: CUDA events on a GPU, perf_counter on a CPU.
+"""Timers: samples of one prepared call, taken in bursts, so that several calls can alternate.
 
-The loop follows triton.testing.do_bench: warm-up sized by time, the cache flushed by writing
-a buffer larger than it before every sample (``l2="cold"``), one event pair per sample around
-the call only, one synchronize per batch of samples. Sampling goes on until the median is
-stable (relative standard error at most ``target_rse``) or the time budget is spent; every raw
-sample is returned.
+A *sampler* owns one call and its timer. ``burst(n)`` takes up to ``n`` samples (milliseconds
+per call) and returns them; the caller (flashbench.measure.rounds) decides how many bursts, in
+which order, and when to stop (``should_stop``). The timers:
+
+* ``cuda-events`` (``--timer events``): following triton.testing.do_bench, an event pair
+  around each call, the L2 flushed before each (``l2="cold"``) outside the pair, one
+  synchronize per burst, the GPU held busy while the host queues the burst.
+* ``cuda-graph`` (flashbench.measure.graph_timer): a batch of calls replayed from one CUDA
+  graph, for kernels whose launch costs as much as they run.
+* ``cuda-profiler`` (flashbench.measure.graph_timer): the summed device time of the kernels one
+  call launches, from torch.profiler (CUPTI).
+* ``perf-counter``: a CPU's wall clock around each call.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 from flashbench.core.config import TimingPolicy
 from flashbench.core.stats import median_rse
 
-__all__ = ["time_callable"]
+__all__ = ["CpuSampler", "EventSampler", "Sampler", "flush_buffer", "should_stop"]
 
 _CPU_FLUSH_BYTES = 64 << 20  # larger than the last-level cache of common server CPUs
-_MIN_SAMPLES_HARD = 3  # even a case slower than the budget gets this many samples
+MIN_SAMPLES_HARD = 3  # even a case slower than the budget gets this many samples
+BURST_MS = 20.0  # work per burst: short enough to alternate often, long enough to queue well
 
 
-def _should_stop(samples: list[float], started: float, policy: TimingPolicy) -> bool:
+class Sampler(Protocol):
+    timer: str  # the row's ``timer`` field
+    estimate_ms: float  # one call, from its first timed run
+
+    def warm(self, ms: float) -> None:
+        """Run the timed sequence (flush, call) for about ``ms`` milliseconds."""
+
+    def burst(self, n: int) -> list[float]:
+        """Up to ``n`` samples (at least one), milliseconds per call."""
+
+
+def should_stop(samples: list[float], spent_ms: float, window_ms: float,
+                policy: TimingPolicy) -> bool:
+    """Whether one call has samples enough: ``spent_ms`` is the time spent on its own bursts,
+    ``window_ms`` the wall time since sampling began (a window long enough to see clocks)."""
     n = len(samples)
     if n >= policy.max_samples:
         return True
-    if n >= policy.min_samples and median_rse(samples) <= policy.target_rse:
+    if spent_ms >= policy.budget_ms and n >= MIN_SAMPLES_HARD:
         return True
-    spent_ms = (time.perf_counter() - started) * 1e3
-    return spent_ms >= policy.budget_ms and n >= _MIN_SAMPLES_HARD
+    return (n >= policy.min_samples and window_ms >= policy.min_window_ms
+            and median_rse(samples) <= policy.target_rse)
 
 
 _flush_buffers: dict[str, object] = {}
 
 
-def _flush_buffer(device):
+def flush_buffer(device):
     """A buffer twice the device's L2 (or a CPU's LLC, roughly), allocated once per device."""
     import torch
 
     key = str(device)
     if key not in _flush_buffers:
         if device.type == "cuda":
-            l2 = torch.cuda.get_device_properties(device).L2_cache_size
-            nbytes = max(2 * l2, 32 << 20)
+            nbytes = max(2 * l2_bytes(device), 32 << 20)
         else:
             nbytes = _CPU_FLUSH_BYTES
         _flush_buffers[key] = torch.empty(nbytes // 4, dtype=torch.int32, device=device)
     return _flush_buffers[key]
 
 
-_MAX_SLEEP_S = 0.05  # longest the GPU is held back at the start of a batch
+def l2_bytes(device) -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(device).L2_cache_size
 
 
-def _gpu_sleep(device, seconds: float) -> None:
+_MAX_SLEEP_S = 0.05  # longest the GPU is held back at the start of a burst
+
+
+def gpu_sleep(device, seconds: float) -> None:
     import torch
 
     clock_khz = getattr(torch.cuda.get_device_properties(device), "clock_rate", 0) or 2_000_000
     torch.cuda._sleep(int(min(seconds, _MAX_SLEEP_S) * clock_khz * 1e3))
 
 
-def _time_cuda(fn: Callable[[], object], device, policy: TimingPolicy) -> list[float]:
-    import torch
+class EventSampler:
+    """CUDA events around each call."""
 
-    flush = _flush_buffer(device) if policy.l2 == "cold" else None
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize(device)
-    estimate_ms = max(start.elapsed_time(end), 1e-3)
-    # Warm up with the loop's own sequence (flush, call), so its first samples are not outliers,
-    # and measure what queueing one sample costs the host while at it.
-    warmup = max(2, math.ceil(policy.warmup_ms / estimate_ms))
-    queued = time.perf_counter()
-    for _ in range(warmup):
-        if flush is not None:
-            flush.zero_()
+    timer = "cuda-events"
+
+    def __init__(self, fn: Callable[[], object], device, policy: TimingPolicy):
+        import torch
+
+        self._fn, self._device = fn, device
+        self._flush = flush_buffer(device) if policy.l2 == "cold" else None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
         fn()
-    host_s = (time.perf_counter() - queued) / warmup
-    torch.cuda.synchronize(device)
+        end.record()
+        torch.cuda.synchronize(device)
+        self.estimate_ms = max(start.elapsed_time(end), 1e-3)
+        self._host_s = 0.0
+        self._batch = 1
 
-    # Samples between synchronizations: about 20 ms of work, so the stop test runs often
-    # enough, and no more than the GPU can be held back for while the host queues them.
-    batch = max(1, min(100, math.ceil(20.0 / estimate_ms),
-                       int(_MAX_SLEEP_S / max(host_s, 1e-6))))
-    samples: list[float] = []
-    started = time.perf_counter()
-    while not _should_stop(samples, started, policy):
+    def warm(self, ms: float) -> None:
+        # The loop's own sequence (flush, call), so that the first samples are not outliers;
+        # and what queueing one sample costs the host, measured while at it.
+        import torch
+
+        calls = max(2, math.ceil(ms / self.estimate_ms))
+        queued = time.perf_counter()
+        for _ in range(calls):
+            if self._flush is not None:
+                self._flush.zero_()
+            self._fn()
+        self._host_s = (time.perf_counter() - queued) / calls
+        torch.cuda.synchronize(self._device)
+        # A burst: about BURST_MS of work, and no more than the GPU can be held back for while
+        # the host queues it.
+        self._batch = max(1, min(100, math.ceil(BURST_MS / self.estimate_ms),
+                                 int(_MAX_SLEEP_S / max(self._host_s, 1e-6))))
+
+    def burst(self, n: int) -> list[float]:
+        import torch
+
         pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                 for _ in range(min(batch, policy.max_samples - len(samples)))]
-        # Hold the GPU busy while the host queues the whole batch. Otherwise, when a call costs
+                 for _ in range(max(1, min(n, self._batch)))]
+        # Hold the GPU busy while the host queues the whole burst. Otherwise, when a call costs
         # the host more than the GPU (Python launch overhead of a short kernel), the GPU drains
         # the queue and each event pair times the host's launch latency, not the kernel.
-        _gpu_sleep(device, 1.5 * host_s * len(pairs))
+        gpu_sleep(self._device, 1.5 * self._host_s * len(pairs))
         for s, e in pairs:
-            if flush is not None:
-                flush.zero_()
+            if self._flush is not None:
+                self._flush.zero_()
             s.record()
-            fn()
+            self._fn()
             e.record()
-        torch.cuda.synchronize(device)
-        samples.extend(s.elapsed_time(e) for s, e in pairs)
-    return samples
+        torch.cuda.synchronize(self._device)
+        return [s.elapsed_time(e) for s, e in pairs]
 
 
-def _time_cpu(fn: Callable[[], object], device, policy: TimingPolicy) -> list[float]:
-    flush = _flush_buffer(device) if policy.l2 == "cold" else None
-    t0 = time.perf_counter()
-    fn()
-    estimate_ms = max((time.perf_counter() - t0) * 1e3, 1e-3)
-    for _ in range(max(1, math.ceil(policy.warmup_ms / estimate_ms))):
-        fn()
-    samples: list[float] = []
-    started = time.perf_counter()
-    while not _should_stop(samples, started, policy):
-        if flush is not None:
-            flush.zero_()
+class CpuSampler:
+    """The wall clock around each call."""
+
+    timer = "perf-counter"
+
+    def __init__(self, fn: Callable[[], object], device, policy: TimingPolicy):
+        self._fn = fn
+        self._flush = flush_buffer(device) if policy.l2 == "cold" else None
         t0 = time.perf_counter()
         fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
+        self.estimate_ms = max((time.perf_counter() - t0) * 1e3, 1e-3)
+        self._batch = max(1, min(100, math.ceil(BURST_MS / self.estimate_ms)))
 
+    def warm(self, ms: float) -> None:
+        for _ in range(max(1, math.ceil(ms / self.estimate_ms))):
+            self._fn()
 
-def time_callable(fn: Callable[[], object], device, policy: TimingPolicy) -> tuple[list[float], str]:
-    """Raw samples in milliseconds and the name of the timer that took them."""
-    if device.type == "cuda":
-        return _time_cuda(fn, device, policy), "cuda-events"
-    return _time_cpu(fn, device, policy), "perf-counter"
+    def burst(self, n: int) -> list[float]:
+        samples = []
+        for _ in range(max(1, min(n, self._batch))):
+            if self._flush is not None:
+                self._flush.zero_()
+            t0 = time.perf_counter()
+            self._fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+        return samples

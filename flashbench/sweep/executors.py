@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Generator, Iterable, Iterator, Protocol
 
 from flashbench.core.cases import Case, Status
 from flashbench.core.config import TimingPolicy
@@ -26,8 +27,9 @@ from flashbench.sweep.interrupts import Interrupt
 from flashbench.sweep.worker_process import (ABANDONED, STDERR_TAIL_LINES, TIMED_OUT, Died,
                                              StartFailed, WorkerProcess, fatal_line)
 
-__all__ = ["STARTUP_TIMEOUT_S", "STDERR_TAIL_LINES", "Executor", "InProcessExecutor",
-           "Interrupted", "WorkerExecutor", "WorkerStartError", "plugin_import_timeout_s"]
+__all__ = ["STARTUP_TIMEOUT_S", "STDERR_TAIL_LINES", "Executor", "GroupEvent", "InProcessExecutor",
+           "Interrupted", "WorkerExecutor", "WorkerStartError", "plugin_import_timeout_s",
+           "row_of"]
 
 STARTUP_TIMEOUT_S = 300.0  # importing torch and initializing CUDA, on a busy machine
 PLUGIN_IMPORT_FLOOR_S = 15.0  # a plugin that imports torch's extras takes seconds (the probe warmed the disk cache)
@@ -37,6 +39,25 @@ def plugin_import_timeout_s(case_timeout_s: float) -> float:
     """How long the worker's import of the plugins may take: as long as a case (their code may
     hang just as a case may), but at least 15 s and at most the whole start-up's 300 s."""
     return min(STARTUP_TIMEOUT_S, max(case_timeout_s, PLUGIN_IMPORT_FLOOR_S))
+
+
+# What measuring a comparison group gives, in order: ("start", case) as each case is prepared,
+# ("sampling", cases) while the prepared ones are timed, ("row", row) as each row is final, and
+# ("abandoned", None) when the user abandoned the sweep (the cases without a row have none).
+GroupEvent = tuple[str, Any]
+
+
+def row_of(events: Iterable[GroupEvent]) -> dict[str, Any] | None:
+    """The row of a group of one case, or None when it was abandoned."""
+    rows = [value for kind, value in events if kind == "row"]
+    return rows[-1] if rows else None
+
+
+@dataclass
+class _Outcome:
+    done: set[int] = field(default_factory=set)  # indices of the batch that have their row
+    abandoned: bool = False
+    split: bool = False  # the rest is to be timed again, each case alone
 
 
 class Interrupted(Exception):
@@ -53,6 +74,9 @@ class Executor(Protocol):
 
     def measure(self, case: Case, timeout_s: float) -> dict[str, Any] | None:
         """The case's row; None when the user abandoned it (no row: a resume runs it again)."""
+
+    def measure_group(self, cases: list[Case], timeout_s: float) -> Iterator[GroupEvent]:
+        """A comparison group's events (GroupEvent), its backends timed alternately."""
 
     def close(self) -> None: ...
 
@@ -117,42 +141,113 @@ class WorkerExecutor:
         self._worker = worker
         return reply
 
-    def measure(self, case: Case, timeout_s: float, *, retry: bool = True) -> dict[str, Any] | None:
-        if self._worker is None:  # the last one crashed or timed out
+    def measure(self, case: Case, timeout_s: float) -> dict[str, Any] | None:
+        return row_of(self.measure_group([case], timeout_s))
+
+    def measure_group(self, cases: list[Case], timeout_s: float) -> Iterator[GroupEvent]:
+        """A comparison group in the worker, as events (GroupEvent); each case ends with a
+        row, or the group with ("abandoned", None). A worker that dies or hangs while a case is
+        prepared gives that case its row, the rest goes to a new worker; one that dies or hangs
+        while several cases alternate is not told apart: they are timed again, each alone."""
+        queue = [list(cases)]
+        while queue:
+            batch = queue.pop(0)
+            outcome = yield from self._one_group(batch, timeout_s)
+            if outcome.abandoned:
+                yield ("abandoned", None)
+                return
+            rest = [c for i, c in enumerate(batch) if i not in outcome.done]
+            if outcome.split:
+                queue[:0] = [[c] for c in rest]
+            elif rest:
+                queue.insert(0, rest)
+
+    def _send_group(self, batch: list[Case]) -> WorkerProcess | None:
+        """The group sent to a ready worker (a new one if the last ended); None if the user
+        abandoned the sweep while it started."""
+        for attempt in range(2):
+            if self._worker is None:  # the last one crashed, timed out or was replaced
+                try:
+                    self._start(first=False)
+                except Interrupted:
+                    return None
+            worker = self._worker
+            assert worker is not None
             try:
-                self._start(first=False)
-            except Interrupted:
-                return None
-        worker = self._worker
-        assert worker is not None
-        try:
-            worker.send({"kind": "case", "case": case.to_dict()})
-        except OSError:  # it died while idle (killed from outside): the case never reached it
-            self._drop(graceful=False)
-            if retry:
-                return self.measure(case, timeout_s, retry=False)
-            raise WorkerStartError("the worker process died before it received a case") from None
-        reply = worker.receive(time.monotonic() + timeout_s, self._interrupt)
-        if reply is ABANDONED:
-            self._drop(graceful=False)
-            return None
+                worker.send({"kind": "group", "cases": [c.to_dict() for c in batch]})
+                return worker
+            except OSError:  # it died while idle (killed from outside): it never got the group
+                self._drop(graceful=False)
+        raise WorkerStartError("the worker process died before it received a case")
+
+    def _one_group(self, batch: list[Case], timeout_s: float
+                   ) -> Generator[GroupEvent, None, _Outcome]:
+        worker = self._send_group(batch)
+        outcome = _Outcome()
+        if worker is None:
+            outcome.abandoned = True
+            return outcome
+        current, sampling = 0, []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reply = worker.receive(deadline, self._interrupt)
+            if reply is ABANDONED:
+                self._drop(graceful=False)
+                outcome.abandoned = True
+                return outcome
+            if reply is TIMED_OUT or isinstance(reply, Died):
+                if len(sampling) > 1:  # one of them hung or crashed the worker: which one?
+                    self._drop(graceful=False)
+                    outcome.split = True
+                    return outcome
+                i = sampling[0] if sampling else current
+                yield ("row", self._lost(batch[i], reply, timeout_s))
+                outcome.done.add(i)
+                return outcome
+            kind = reply["kind"]
+            if kind == "start":
+                current, deadline = reply["index"], time.monotonic() + timeout_s
+                yield ("start", batch[current])
+            elif kind == "sampling":
+                sampling = reply["indices"]
+                deadline = time.monotonic() + timeout_s * len(sampling)
+                yield ("sampling", [batch[i] for i in sampling])
+            elif kind == "row":
+                yield ("row", self._kept(batch[reply["index"]], reply))
+                outcome.done.add(reply["index"])
+                if reply.get("fatal"):
+                    return outcome
+            elif kind == "group_failed":
+                self._drop(graceful=True)
+                outcome.split = True
+                if len(sampling) == 1:
+                    yield ("row", self._failed(batch[sampling[0]], Status.CRASH,
+                                               f"the CUDA context is unusable after this case "
+                                               f"(worker replaced): {reply['reason']}", ""))
+                    outcome.done.add(sampling[0])
+                return outcome
+            else:  # group_done
+                if reply.get("replace"):
+                    self._drop(graceful=True)
+                else:
+                    worker.forward_output()
+                return outcome
+
+    def _lost(self, case: Case, reply: Any, timeout_s: float) -> dict[str, Any]:
+        """The row of a case during which the worker hung (killed) or died."""
+        tail = self._drop(graceful=False)
         if reply is TIMED_OUT:
-            tail = self._drop(graceful=False)
             return self._failed(case, Status.TIMEOUT, f"exceeded the case timeout of "
                                 f"{timeout_s:g} s; worker killed and replaced", tail)
-        if isinstance(reply, Died):
-            tail = self._drop(graceful=False)
-            return self._failed(case, Status.CRASH, f"worker {describe_exit(reply.returncode)}"
-                                f"{fatal_line(tail)}; replaced", tail)
+        return self._failed(case, Status.CRASH, f"worker {describe_exit(reply.returncode)}"
+                            f"{fatal_line(tail)}; replaced", tail)
+
+    def _kept(self, case: Case, reply: dict[str, Any]) -> dict[str, Any]:
         row = reply["row"]
         if reply.get("fatal"):
             row["stderr_tail"] = self._drop(graceful=True)
-        elif reply.get("replace"):  # it left threads or processes: the next case gets a fresh one
-            self._drop(graceful=True)
-            for warning in row.get("warnings") or []:
-                print(f"warning: {case.label()}: {warning}", file=sys.stderr)
-        else:
-            worker.forward_output()
+        for warning in row.get("warnings") or []:
+            print(f"warning: {case.label()}: {warning}", file=sys.stderr)
         return row
 
     def _drop(self, *, graceful: bool) -> str:
@@ -194,10 +289,19 @@ class InProcessExecutor:
             if self._device.type == "cuda" else None
 
     def measure(self, case: Case, timeout_s: float) -> dict[str, Any] | None:
-        from flashbench.measure.case import measure_case
+        return row_of(self.measure_group([case], timeout_s))
 
-        return measure_case(case, self._device, self._policy, self._handle,
-                            self.environment.get("ceilings"))
+    def measure_group(self, cases: list[Case], timeout_s: float) -> Iterator[GroupEvent]:
+        from flashbench.measure.group import measure_group
+
+        for event in measure_group(cases, self._device, self._policy, self._handle,
+                                   self.environment.get("ceilings")):
+            if event.kind == "start":
+                yield ("start", cases[event.index])
+            elif event.kind == "sampling":
+                yield ("sampling", [cases[i] for i in event.indices])
+            elif event.kind == "row":
+                yield ("row", event.row)
 
     def close(self) -> None:
         pass

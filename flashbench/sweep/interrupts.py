@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM during a sweep: stop after the current case, or abandon it at once."""
+"""Ctrl-C and SIGTERM during a sweep: stop after the current shape's backends, or abandon them at once."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ __all__ = ["Interrupt"]
 class Interrupt:
     """The user's wish to stop, as flags the sweep reads between cases and while it waits.
 
-    The first Ctrl-C asks to stop after the current case; a second Ctrl-C, SIGTERM (a job
+    The first Ctrl-C asks to stop after the current comparison group (the backends of one
+    shape, timed together); a second Ctrl-C, SIGTERM (a job
     scheduler's "stop now") or SIGHUP (the terminal went away) abandons the current case. With
     ``raise_on_abandon`` (cases that run in this process, which no flag can reach) abandoning
     raises KeyboardInterrupt instead.
@@ -54,7 +55,8 @@ class Interrupt:
             self._abandon("interrupted again: abandoning the current case")
             return
         self.stop = True
-        self._say("interrupted: stopping after the current case (Ctrl-C again abandons it)")
+        self._say("interrupted: stopping after the current shape's backends (Ctrl-C again "
+                  "abandons them)")
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         self.stop = True

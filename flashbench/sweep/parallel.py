@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from flashbench.core.cases import Case
+from flashbench.core.cases import Case, case_key
 from flashbench.sweep.interrupts import Interrupt
 from flashbench.sweep.devices import Device
 from flashbench.sweep.executors import Executor, WorkerStartError
@@ -77,34 +77,42 @@ class _Dealer:
 
 def _work(dealer: _Dealer, worker: int, executor: Executor, name: str, timeout_s: float,
           record: Callable[[int, dict[str, Any]], None],
-          started: Callable[[int, Case], None]) -> None:
+          started: Callable[[int, str, Any], None], interleave: bool) -> None:
     """One worker's thread: groups from the dealer until none is left or the sweep stops."""
     group = dealer.take(worker)
     while group is not None:
-        for i, case in enumerate(group):
+        batches = [group] if interleave else [[c] for c in group]
+        done: set[tuple] = set()
+
+        def rest() -> list[Case]:
+            return [c for c in group if case_key(c.to_dict()) not in done]
+
+        for batch in batches:
             if dealer.stopping():
-                dealer.give_back(group[i:], to_queue=False)
+                dealer.give_back(rest(), to_queue=False)
                 return
-            started(worker, case)
             try:
-                row = executor.measure(case, timeout_s)
-                if row is not None:
-                    with dealer.lock:
-                        record(worker, row)
+                for kind, value in executor.measure_group(batch, timeout_s):
+                    if kind == "row":
+                        with dealer.lock:
+                            record(worker, value)
+                        done.add(case_key(value))
+                    elif kind == "abandoned":  # SIGTERM, a second Ctrl-C: a resume runs the rest
+                        dealer.give_back(rest(), to_queue=False)
+                        return
+                    else:
+                        started(worker, kind, value)
             except WorkerStartError as e:  # the rest of this group goes to another worker
                 with dealer.lock:
                     dealer.retired.append(f"{name}: {e}")
                 print(f"warning: the worker on {name} stopped ({e}); the other workers take "
                       f"its cases", file=sys.stderr)
-                dealer.give_back(group[i:], to_queue=True)
+                dealer.give_back(rest(), to_queue=True)
                 return
             except BaseException as e:  # record failed (a full disk): stop everything
                 dealer.failures.append(e)
                 dealer.halt.set()
-                dealer.give_back(group[i:], to_queue=False)
-                return
-            if row is None:  # abandoned (SIGTERM, a second Ctrl-C): no row, a resume runs it
-                dealer.give_back(group[i:], to_queue=False)
+                dealer.give_back(rest(), to_queue=False)
                 return
         dealer.give_back([], to_queue=False)
         group = dealer.take(worker)
@@ -113,17 +121,19 @@ def _work(dealer: _Dealer, worker: int, executor: Executor, name: str, timeout_s
 def measure_in_parallel(executors: Sequence[Executor], names: Sequence[str],
                         groups: Sequence[list[Case]], interrupt: Interrupt, timeout_s: float,
                         record: Callable[[int, dict[str, Any]], None],
-                        started: Callable[[int, Case], None] = lambda worker, case: None
-                        ) -> PoolOutcome:
+                        started: Callable[[int, str, Any], None] = lambda worker, kind, value:
+                        None, interleave: bool = True) -> PoolOutcome:
     """Measure ``groups`` (longest first) on ``executors``; ``record(worker, row)`` keeps each row.
 
-    ``started(worker, case)`` is told of each case as it starts (for a progress bar). Raises
+    ``started(worker, kind, value)`` is told of each step as it starts (a case prepared, a
+    group's backends timed alternately: flashbench.sweep.executors.GroupEvent), for a progress
+    bar. With ``interleave`` off, a group's cases are timed one after another. Raises
     WorkerStartError when every worker retired with cases left, and re-raises whatever
     ``record`` raised (a full disk), after stopping the other workers between cases.
     """
     dealer = _Dealer(executors, groups, interrupt)
     threads = [threading.Thread(target=_work, args=(dealer, w, executors[w], names[w], timeout_s,
-                                                    record, started),
+                                                    record, started, interleave),
                                 name=f"flashbench-{names[w]}", daemon=True)
                for w in range(len(executors))]
     for t in threads:

@@ -23,7 +23,8 @@ from flashbench.sweep.executors import Executor, Interrupted, WorkerStartError
 from flashbench.sweep.interrupts import Interrupt
 from flashbench.sweep.parallel import measure_in_parallel
 from flashbench.output.progress import Progress, progress as show_progress
-from flashbench.sweep.schedule import comparison_groups, interpreter_warning, longest_first
+from flashbench.sweep.schedule import (comparison_groups, interpreter_warning, longest_first,
+                                       step_label)
 from flashbench.sweep.shard import Shard, shard_cases
 from flashbench.sweep.startup import (SweepFailed, close_all, devices_meta, parse_pool,
                                       start_executors)
@@ -297,20 +298,24 @@ def _measure_all(todo: list[Case], executors: list[Executor], pool: list[Device]
     """One executor measures the cases in order; a pool deals whole comparison groups, longest
     first, to whichever worker is free (flashbench.sweep.parallel). False when stopped early."""
     if pool is None:
-        for case in todo:
+        groups = comparison_groups(todo) if cfg.timing.interleave else [[c] for c in todo]
+        for group in groups:
             if interrupt.stop:
                 return False
-            shown.start(case.label())
-            row = executors[0].measure(case, cfg.case_timeout_s)
-            if row is None:  # abandoned: no row, so a resume measures it
-                return False
-            keep(0, row)
+            for kind, value in executors[0].measure_group(group, cfg.case_timeout_s):
+                if kind == "row":
+                    keep(0, value)
+                elif kind == "abandoned":  # no row for the rest, so a resume measures them
+                    return False
+                else:
+                    shown.start(step_label(kind, value))
         return True
     names = [d.name if d.kind == "cuda" else f"cpu worker {d.index}" for d in pool]
     outcome = measure_in_parallel(
         executors, names, longest_first(comparison_groups(todo), cfg.timing), interrupt,
         cfg.case_timeout_s, keep,
-        lambda worker, case: shown.start(f"{names[worker]}: {case.label()}"))
+        lambda worker, kind, value: shown.start(f"{names[worker]}: {step_label(kind, value)}"),
+        interleave=cfg.timing.interleave)
     if outcome.retired:
         meta["retired_workers"] = outcome.retired
     return outcome.completed

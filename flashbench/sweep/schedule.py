@@ -25,14 +25,14 @@ decode 149 / 145.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Sequence
 
 from flashbench.core import costs
 from flashbench.core.cases import Case, Mode
 from flashbench.core.config import TimingPolicy
 
 __all__ = ["case_seconds", "comparison_groups", "group_micros", "interpreter_call_seconds",
-           "interpreter_warning", "longest_first", "partition"]
+           "interpreter_warning", "longest_first", "partition", "step_label"]
 
 NOMINAL_FLOPS_PER_S = 400e12
 NOMINAL_BYTES_PER_S = 2.5e12
@@ -57,6 +57,16 @@ def comparison_groups(cases: Sequence[Case]) -> list[list[Case]]:
     for case in cases:
         groups.setdefault(case.shape_key, []).append(case)
     return list(groups.values())
+
+
+def step_label(kind: str, value: Any) -> str:
+    """What a progress bar says of a group's step: the case being prepared, or the backends
+    being timed alternately."""
+    if kind == "sampling":
+        names = ",".join(c.backend for c in value)
+        return f"timing {names} alternately: {value[0].label().split(' ', 1)[1]}" \
+            if len(value) > 1 else value[0].label()
+    return value.label()
 
 
 def case_seconds(case: Case, timing: TimingPolicy) -> float:

@@ -5,16 +5,22 @@ are JSON objects (plain data: unpickling could import torch into the parent) ove
 whose descriptors are given on the command line:
 
     parent -> worker   {"kind": "hello", "device", "plugins", "backends", "timing"},
-                       then {"kind": "case", "case"} per case, or {"kind": "stop"}
+                       then {"kind": "group", "cases"} per comparison group, or {"kind": "stop"}
     worker -> parent   {"kind": "phase", "phase": "plugins"} while it imports the plugins,
                        {"kind": "phase", "phase": "kernels"} once they are in,
                        {"kind": "ready", "device", "environment"} or {"kind": "bad_input", "message"},
-                       then per case {"kind": "row", "row", "fatal", "replace"}
+                       then per group: {"kind": "start", "index"} as each case is prepared,
+                       {"kind": "row", "index", "row", "fatal"} as each row is final,
+                       {"kind": "sampling", "indices"} while the prepared ones are timed,
+                       and {"kind": "group_done", "replace"}, or {"kind": "group_failed",
+                       "reason"} when the CUDA context was lost while they were timed
 
-``fatal`` says the CUDA context is unusable after the case; ``replace`` that the case left
-threads or processes running (the row's ``warnings`` say which: flashbench.sweep.leftovers).
-Either way the worker exits after the row, and the parent kills its process group and starts
-another.
+``fatal`` says the CUDA context is unusable after the case: the worker exits after the row and
+the parent sends the rest of the group to a new one; ``group_failed`` that it was lost while
+several cases alternated, so the parent times each of them alone, to learn which one it was.
+``replace`` says the group left threads or processes running (the rows' ``warnings`` say which:
+flashbench.sweep.leftovers); the worker exits after it. Either way the parent kills its process
+group and starts another.
 stdout and stderr go to a file the parent reads: Python's fault handler writes the traceback
 of a segfault or an abort there.
 """
@@ -35,6 +41,7 @@ __all__ = ["main", "receive", "send"]
 EXIT_BAD_INPUT = 2
 EXIT_CONTEXT_LOST = 3
 EXIT_LEFTOVERS = 4  # a case left threads or processes running
+EXIT_BROKEN = 5  # measuring a group raised past its rows: the rest goes to a new worker
 
 
 def send(conn: Connection, message: dict[str, Any]) -> None:
@@ -87,6 +94,10 @@ def _start(hello: dict[str, Any], replies: Connection) -> tuple[Any, ...] | None
         from flashbench.measure.device import select_device
 
         device = select_device(hello["device"])
+        timer = hello["timing"].get("timer", "events")
+        if device.type != "cuda" and timer != "events":
+            raise UserError(f"--timer {timer} needs a CUDA GPU (a CUDA graph, or CUPTI's "
+                            f"kernel times); on a CPU only the wall clock times (--timer events)")
         from flashbench.core.plugins import load_plugins
 
         # The parent bounds the plugins' import by the case timeout (their own code, which
@@ -109,32 +120,105 @@ def _start(hello: dict[str, Any], replies: Connection) -> tuple[Any, ...] | None
     return device, policy, environment, handle
 
 
-def _measure(case_data: dict[str, Any], device, policy, environment, handle
-             ) -> tuple[dict[str, Any], bool, bool]:
-    """One case's row, whether the CUDA context is lost after it, and whether it left threads
-    or processes running (either way the worker exits, to be replaced)."""
+def _measure_group(message: dict[str, Any], replies: Connection, device, policy, environment,
+                   handle) -> int | None:
+    """One comparison group, its events passed on as they happen (module docstring); the exit
+    code when this worker must end after it (a lost context, leftovers), else None."""
     from flashbench.core.cases import Case, Status
     from flashbench.core.errors import one_line
     from flashbench.core.rows import blank_row
-    from flashbench.measure.case import measure_case
-    from flashbench.sweep.leftovers import left_since, snapshot
+    from flashbench.measure.group import measure_group
 
-    case = Case.from_dict(case_data)
-    before = snapshot()
-    try:
-        row = measure_case(case, device, policy, handle, environment.get("ceilings"))
-    except Exception as e:  # its own clean-up failed (a broken CUDA context): still a row
-        row = blank_row(case, str(device), policy.l2) | {"status": Status.ERROR,
-                                                         "error": one_line(e)}
-    lost = _context_lost(device)
-    if lost:
-        cause = row["error"] if row["status"] != Status.OK and row["error"] else lost
-        row.update(status=Status.CRASH, error=f"the CUDA context is unusable after this case "
-                                              f"(worker replaced): {cause}"[:500])
-    warnings = left_since(before)
-    if warnings:
-        row["warnings"] = warnings
-    return row, lost is not None, bool(warnings)
+    cases = [Case.from_dict(c) for c in message["cases"]]
+    blame = _Blame()
+    events = measure_group(cases, device, policy, handle, environment.get("ceilings"),
+                           tainted=blame.case)
+    index = None
+    while True:
+        try:
+            event = next(events)
+        except StopIteration:
+            break
+        except Exception as e:  # its own clean-up failed (a broken CUDA context): still a row
+            if index is None:
+                raise
+            event = _Failure(index, blank_row(cases[index], str(device), policy.l2)
+                             | {"status": Status.ERROR, "error": one_line(e)})
+        if event.kind in ("start", "sampling"):
+            index = event.index
+            send(replies, {"kind": event.kind, "index": event.index,
+                           "indices": list(event.indices)})
+            continue
+        if event.kind == "sampled":
+            lost = _context_lost(device)
+            if lost:  # which of the cases broke it is unknown: the parent times them alone
+                send(replies, {"kind": "group_failed", "reason": lost})
+                return EXIT_CONTEXT_LOST
+            blame.cases(event.indices)
+            continue
+        row = event.row
+        lost = _context_lost(device)
+        if lost:
+            cause = row["error"] if row["status"] != Status.OK and row["error"] else lost
+            row.update(status=Status.CRASH, error=f"the CUDA context is unusable after this "
+                                                  f"case (worker replaced): {cause}"[:500])
+        if blame.of(event.index):
+            row["warnings"] = blame.of(event.index)
+        send(replies, {"kind": "row", "index": event.index, "row": row, "fatal": bool(lost)})
+        if lost:
+            return EXIT_CONTEXT_LOST
+        if isinstance(event, _Failure):  # the group cannot go on: the rest to a new worker
+            send(replies, {"kind": "group_done", "replace": True})
+            return EXIT_BROKEN
+    send(replies, {"kind": "group_done", "replace": blame.any})
+    return EXIT_LEFTOVERS if blame.any else None
+
+
+class _Blame:
+    """Threads and processes left running (flashbench.sweep.leftovers), each blamed on the
+    case after whose preparation it appeared, or on the cases timed while it appeared."""
+
+    def __init__(self):
+        from flashbench.sweep.leftovers import snapshot
+
+        self._before = snapshot()
+        self._seen: set[str] = set()
+        self._by_case: dict[int, list[str]] = {}
+
+    def _new(self) -> list[str]:
+        from flashbench.sweep.leftovers import left_since
+
+        found = [w for w in left_since(self._before) if w not in self._seen]
+        self._seen.update(found)
+        return found
+
+    def case(self, index: int) -> bool:
+        """After case ``index`` was prepared: whether it left something running."""
+        found = self._new()
+        if found:
+            self._by_case[index] = found
+        return bool(found)
+
+    def cases(self, indices) -> None:
+        found = self._new()
+        for i in indices:
+            self._by_case.setdefault(i, []).extend(found)
+
+    def of(self, index: int) -> list[str]:
+        return self._by_case.get(index, [])
+
+    @property
+    def any(self) -> bool:
+        return bool(self._seen)
+
+
+class _Failure:
+    """A row made here for a case whose measurement raised past measure_group."""
+
+    kind = "row"
+
+    def __init__(self, index: int, row: dict[str, Any]):
+        self.index, self.row = index, row
 
 
 def _serve(requests: Connection, replies: Connection) -> int:
@@ -148,12 +232,9 @@ def _serve(requests: Connection, replies: Connection) -> int:
             return 0
         if message["kind"] == "stop":
             return 0
-        row, fatal, replace = _measure(message["case"], *started)
-        send(replies, {"kind": "row", "row": row, "fatal": fatal, "replace": replace})
-        if fatal:
-            return EXIT_CONTEXT_LOST
-        if replace:
-            return EXIT_LEFTOVERS
+        exit_code = _measure_group(message, replies, *started)
+        if exit_code is not None:
+            return exit_code
 
 
 def main(argv: list[str]) -> int:
