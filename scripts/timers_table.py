@@ -23,7 +23,7 @@ from flashbench.core.config import TimingPolicy
 from flashbench.measure.case import prepare_case
 from flashbench.measure.group import make_sampler
 from flashbench.measure.rounds import sample_rounds, settle_clock
-from flashbench.measure.telemetry import sm_clock_reader
+from flashbench.measure.telemetry import TelemetrySampler, sm_clock_reader
 from flashbench.core.nvml import nvml_handle
 
 SHAPES = [  # (mode, batch, heads, kv_heads, seq_len, kv_len, head_dim, causal)
@@ -65,9 +65,13 @@ def measure(case: Case, device, handle) -> dict | None:
             sampler = make_sampler(prepared, device, p)
             sampler.warm(p.warmup_ms)
             settle_clock([sampler], clock)
-            samples = sample_rounds([sampler], p)[0].samples
+            with TelemetrySampler(handle) as telemetry:
+                samples = sample_rounds([sampler], p)[0].samples
+            seen = telemetry.summary()
             out[f"{timer}/{l2}"] = statistics.median(samples)
             out[f"{timer}/{l2}:n"] = len(samples)
+            out[f"{timer}/{l2}:mhz"] = seen["sm_clock_mhz"]
+            out[f"{timer}/{l2}:w"] = seen["power_w"]
         except Exception as e:  # a timer that cannot take this call: said, not hidden
             out[f"{timer}/{l2}"] = None
             out[f"{timer}/{l2}:error"] = " ".join(str(e).split())[:200]
@@ -112,6 +116,14 @@ def main() -> int:
         print(f"| {r['case']} | " + " | ".join(_us(r.get(c)) for c in cols)
               + f" | {ratio(r.get('events/cold'), prof)} | {ratio(r.get('graph/cold'), prof)}"
               f" | {ratio(r.get('graph/hot'), r.get('do_bench_cudagraph'))} |")
+    # The clock and power each timer saw: a timer that leaves the GPU idle between bursts
+    # (events: a synchronize per burst) lets a power-capped card clock higher.
+    print("\n| case | " + " | ".join(f"{c} MHz / W" for c in cols[:3] + cols[4:6]) + " |")
+    print("| --- |" + " ---: |" * 5)
+    for r in results:
+        cells = [f"{r.get(c + ':mhz') or '—'} / {r.get(c + ':w') or '—'}"
+                 for c in cols[:3] + cols[4:6]]
+        print(f"| {r['case']} | " + " | ".join(cells) + " |")
     errors = {k: v for r in results for k, v in r.items() if k.endswith(":error")}
     for k, v in errors.items():
         print(f"\n{k}: {v}")

@@ -36,26 +36,36 @@ class FakeSampler:
         return [self.value] * min(n, self.per_burst)
 
 
-POLICY = TimingPolicy(warmup_ms=0, budget_ms=1000, min_samples=6, max_samples=8,
+POLICY = TimingPolicy(warmup_ms=0, budget_ms=1000, min_samples=6, max_samples=100,
                       target_rse=0.01, min_window_ms=0)
 
 
 def test_rounds_alternate_and_every_sample_keeps_its_round():
     a, b, c = FakeSampler(1.0), FakeSampler(2.0), FakeSampler(3.0)
     out = sample_rounds([a, b, c], POLICY)
-    # Constant samples are stable at min_samples (6): three rounds of two samples each.
-    assert [len(s.samples) for s in out] == [6, 6, 6]
-    assert [s.rounds for s in out] == [[0, 0, 1, 1, 2, 2]] * 3
-    assert out[1].samples == [2.0] * 6
+    # Constant samples are stable at once, but alternating calls share MIN_ROUNDS rounds: the
+    # ratio's interval is bootstrapped over them.
+    assert rounds.MIN_ROUNDS == 10
+    assert [len(s.samples) for s in out] == [20, 20, 20]
+    assert [s.rounds for s in out] == [[r for r in range(10) for _ in (0, 1)]] * 3
+    assert out[1].samples == [2.0] * 20
     # The order rotates each round (A B C, B C A, C A B): each burst's span says when it ran.
     starts = sorted((span[0], name) for name, s in zip("abc", out) for span in s.spans)
-    assert "".join(name for _, name in starts) == "abc" + "bca" + "cab"
+    assert "".join(name for _, name in starts)[:9] == "abc" + "bca" + "cab"
+    # Alone, a call stops as soon as it is stable: min_samples, in bursts of two.
+    (alone,) = sample_rounds([FakeSampler(1.0)], POLICY)
+    assert len(alone.samples) == 6
+    # Bursts leave room for MIN_ROUNDS rounds within max_samples: at most 40 // 10 a burst.
+    wide = [FakeSampler(1.0, per_burst=50), FakeSampler(2.0, per_burst=50)]
+    out = sample_rounds(wide, POLICY.model_copy(update={"max_samples": 40}))
+    per_round = [out[0].rounds.count(r) for r in range(10)]
+    assert max(per_round) == 4 and min(per_round) >= 2 and out[0].rounds[-1] == 9
 
 
 def test_a_call_that_fails_mid_sampling_leaves_the_others_timed():
     good, bad = FakeSampler(1.0), FakeSampler(2.0, fail_at=2)
     out = sample_rounds([good, bad], POLICY)
-    assert len(out[0].samples) == 6 and out[0].error is None
+    assert len(out[0].samples) == 20 and out[0].error is None
     assert out[1].samples == [2.0, 2.0] and "later call" in str(out[1].error)
 
 

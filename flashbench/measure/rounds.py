@@ -10,7 +10,8 @@ their ratio. So:
   other, for at most ``MAX_WARMUP_MS``;
 * sampling lasts at least ``policy.min_window_ms``, not only until the median is stable;
 * ``sample_rounds`` alternates the calls of a comparison group burst by burst, the order
-  rotated each round (A B C, B C A, C A B, ...), so that a clock change hits them alike; every
+  rotated each round (A B C, B C A, C A B, ...), for at least ``MIN_ROUNDS`` rounds (budget
+  allowing), so that a clock change hits them alike; every
   sample keeps the round it was taken in, which pairs it with the other calls' samples of the
   same round (flashbench.results.compare bootstraps ratios over rounds).
 """
@@ -31,6 +32,7 @@ STEADY_READINGS = 5
 STEADY_GAP_MS = 20.0
 STEADY_SPREAD = 0.01
 MAX_WARMUP_MS = 2000.0
+MIN_ROUNDS = 10  # alternating calls share at least this many rounds, budget allowing
 
 
 @dataclass
@@ -88,6 +90,16 @@ def _wanted(samples: list[float], policy: TimingPolicy) -> int:
     return policy.max_samples - len(samples)
 
 
+def _done(sampled: Sampled, window_ms: float, rounds_taken: int, calls: int,
+          policy: TimingPolicy) -> bool:
+    """``should_stop``, and alternating calls stay for MIN_ROUNDS rounds (unless their budget or
+    max_samples is spent): a ratio is bootstrapped over the rounds both calls share."""
+    if not should_stop(sampled.samples, sampled.spent_ms, window_ms, policy):
+        return False
+    return (calls == 1 or rounds_taken >= MIN_ROUNDS or sampled.spent_ms >= policy.budget_ms
+            or len(sampled.samples) >= policy.max_samples)
+
+
 def _rotated(active: list[int], round_index: int) -> list[int]:
     k = round_index % len(active)
     return active[k:] + active[:k]
@@ -106,8 +118,11 @@ def sample_rounds(samplers: Sequence[Sampler], policy: TimingPolicy) -> list[Sam
     while active:
         for i in _rotated(active, round_index):
             t0 = time.perf_counter()
+            wanted = _wanted(out[i].samples, policy)
+            if len(samplers) > 1:  # room for MIN_ROUNDS bursts within max_samples
+                wanted = min(wanted, max(1, policy.max_samples // MIN_ROUNDS))
             try:
-                got = samplers[i].burst(_wanted(out[i].samples, policy))
+                got = samplers[i].burst(wanted)
             except Exception as e:  # this call failed mid-sampling; the group goes on
                 out[i].error = e
                 continue
@@ -117,9 +132,9 @@ def sample_rounds(samplers: Sequence[Sampler], policy: TimingPolicy) -> list[Sam
             out[i].spans.append((t0, t1))
             out[i].spent_ms += (t1 - t0) * 1e3
         window = (time.perf_counter() - started) * 1e3
-        active = [i for i in active if out[i].error is None
-                  and not should_stop(out[i].samples, out[i].spent_ms, window, policy)]
         round_index += 1
+        active = [i for i in active if out[i].error is None
+                  and not _done(out[i], window, round_index, len(samplers), policy)]
     return out
 
 

@@ -27,7 +27,7 @@ __all__ = ["CpuSampler", "EventSampler", "Sampler", "flush_buffer", "should_stop
 
 _CPU_FLUSH_BYTES = 64 << 20  # larger than the last-level cache of common server CPUs
 MIN_SAMPLES_HARD = 3  # even a case slower than the budget gets this many samples
-BURST_MS = 20.0  # work per burst: short enough to alternate often, long enough to queue well
+BURST_MS = 10.0  # work per burst: short enough to alternate often, long enough to queue well
 
 
 class Sampler(Protocol):
