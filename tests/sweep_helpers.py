@@ -38,3 +38,30 @@ def wait_for(predicate, timeout_s: float = 90.0) -> None:
 
 def count_lines(path: Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
+
+
+def fake_row(backend: str, samples, *, rounds=None, seq_len: int = 64, causal: bool = False,
+             **fields) -> dict:
+    """A valid ``ok`` row of a CPU-sized case with the given raw samples (and rounds), its
+    statistics computed as a sweep would: the comparison tests need samples, not a sweep."""
+    from flashbench.core.cases import Case, Mode
+    from flashbench.core.rows import blank_row
+    from flashbench.core.stats import summarize
+
+    case = Case(backend=backend, mode=Mode.FWD, batch=1, heads=2, kv_heads=2, seq_len=seq_len,
+                kv_len=seq_len, head_dim=16, dtype="fp32", causal=causal)
+    row = blank_row(case, "cuda:0", "cold")
+    samples = [float(x) for x in samples]
+    row.update(status="ok", samples_ms=samples, **summarize(samples).to_row())
+    row.update(sample_rounds=None if rounds is None else [int(r) for r in rounds])
+    row.update(fields)
+    return row
+
+
+def write_fake_run(folder: Path, rows, meta=None) -> Path:
+    """A run folder holding ``rows`` (and ``meta`` as meta.json when given)."""
+    folder.mkdir(parents=True)
+    if meta is not None:
+        (folder / "meta.json").write_text(json.dumps(meta))
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder

@@ -13,6 +13,9 @@ from flashbench.core.errors import EXIT_FAILED
 
 __all__ = ["check", "compare", "report"]
 
+ALLOW_MIXED = typer.Option(False, help="Compare two runs whose rows were timed differently "
+                                       "(timer, L2 mode or matmul precision).")
+
 
 @command(short_help="Backends side by side, or two runs side by side.")
 def compare(
@@ -23,6 +26,7 @@ def compare(
                    "case]."),
     fmt: str = typer.Option("table", "--format", help="table, csv, markdown or json."),
     threshold: str = typer.Option("5%", help="For two runs: slowdown that counts (as in check)."),
+    allow_mixed: bool = ALLOW_MIXED,
     results_dir: Path = RESULTS_DIR,
 ) -> None:
     """Backends side by side within a run, or the same cases of two runs side by side."""
@@ -30,7 +34,10 @@ def compare(
     from flashbench.output.comparison import comparison
 
     result = comparison(runs or [], results_dir, baseline_backend=baseline_backend,
-                        threshold=threshold)
+                        threshold=threshold, allow_mixed=allow_mixed)
+    if fmt in ("csv", "json"):  # the table and Markdown say it in their caption
+        for note in result.notes:
+            typer.echo(f"note: {note} (compared anyway: --allow-mixed)", err=True)
     if fmt == "table":
         from flashbench.output.fit import print_grid
 
@@ -75,22 +82,27 @@ def check(
     allow_missing: bool = typer.Option(False, help="Cases missing from CURRENT do not fail."),
     allow_env_mismatch: bool = typer.Option(False, help="Compare runs from different GPU, driver "
                                                         "or torch."),
+    allow_mixed: bool = ALLOW_MIXED,
+    strict: bool = typer.Option(False, help="Also fail when a case's samples could not have "
+                                            "shown a slowdown at the threshold (undetectable)."),
     results_dir: Path = RESULTS_DIR,
 ) -> None:
     """Fail (exit 1) on a real regression: slower beyond the threshold and significant, or a
-    case that broke. Exit 0 when nothing regressed, 2 for bad input."""
+    case that broke (with --strict, also a case whose samples could not have shown one). Exit
+    0 when nothing regressed, 2 for bad input."""
     from flashbench.output.comparison import check_grid
     from flashbench.output.fit import print_grid
     from flashbench.results import check as gate
 
     result = gate.run_check(baseline, current, root=results_dir,
                             threshold=gate.parse_threshold(threshold),
-                            allow_missing=allow_missing, allow_env_mismatch=allow_env_mismatch)
+                            allow_missing=allow_missing, allow_env_mismatch=allow_env_mismatch,
+                            allow_mixed=allow_mixed, strict=strict)
     if summary is not None:
         write_output(gate.summary_markdown(result), summary)
     if junit is not None:
         write_output(gate.junit_xml(result), junit)
-    for note in result.env_notes:
+    for note in result.env_notes + result.mode_notes:
         typer.echo(f"note: {note}", err=True)
     grid = check_grid(result)
     if grid is not None:

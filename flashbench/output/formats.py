@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["binary_size", "is_missing", "milliseconds", "number", "shape_value", "speedup",
-           "tokens"]
+__all__ = ["binary_size", "is_missing", "milliseconds", "number", "shape_value", "slowdown",
+           "speedup", "tokens"]
 
 
 def is_missing(value: Any) -> bool:
@@ -53,6 +53,13 @@ def speedup(x: Any) -> str:
     if is_missing(x):
         return ""
     return f"{x:.2f}" if x >= 0.1 else f"{x:.2g}"
+
+
+def slowdown(x: Any) -> str:
+    """A fraction as a percentage with one decimal (0.031 reads 3.1%); infinite as ∞."""
+    if is_missing(x):
+        return ""
+    return "∞" if math.isinf(x) else f"{x:.1%}"
 
 
 def tokens(n: float) -> str:

@@ -2,7 +2,8 @@
 
 Every table is built as data here (a ``Grid``, or a frame of display strings); flashbench.output.fit
 fits a Grid to the terminal. Cells carry the same marks everywhere: ``*`` fastest, ``~`` noisy,
-``!`` throttled or off the run's clock, ``✗`` result outside tolerance.
+``!`` throttled or off the run's clock, ``✗`` result outside tolerance; a speedup, ``±`` when
+its interval is wide.
 """
 
 from __future__ import annotations
@@ -16,22 +17,25 @@ from flashbench.core.cases import SHAPE_FIELDS, Status
 from flashbench.core.rows import by_shape
 from flashbench.output.fit import Column, Grid
 from flashbench.output.formats import (binary_size, is_missing, milliseconds, number,
-                                       shape_value, speedup)
+                                       shape_value, slowdown, speedup)
 from flashbench.results.clocks import off_clock, run_clock
+from flashbench.results.compare import WIDE_SPEEDUP_INTERVAL
 
 __all__ = ["SHAPE_FIELDS", "backends_display", "failure_notes", "fixed_shape", "key_columns",
            "legend", "markdown_table", "results_frame", "runs_display", "sweep_table",
            "to_grid", "varying_shape_fields"]
 
-FASTEST, NOISY, THROTTLED, MISMATCH = "*", "~", "!", "✗"
+FASTEST, NOISY, THROTTLED, MISMATCH, WIDE = "*", "~", "!", "✗", "±"
 _MARK_TEXT = ((FASTEST, "* fastest"), (NOISY, "~ noisy (IQR/median > 5%)"),
               (THROTTLED, "! throttled or SM clock off the run's median"),
-              (MISMATCH, "✗ result outside tolerance"))
+              (MISMATCH, "✗ result outside tolerance"),
+              (WIDE, f"± speedup's 95% interval wider than {WIDE_SPEEDUP_INTERVAL:.0%} of it"))
 _STATUS_MARK = {Status.UNSUPPORTED: ("n/a", "dim"), Status.OOM: ("OOM", "bold red"),
                 Status.ERROR: ("error", "bold red"), Status.TIMEOUT: ("timeout", "bold red"),
                 Status.CRASH: ("crash", "bold red")}
 _VERDICT_STYLE = {"regression": "bold red", "status-regression": "bold red", "missing": "red",
-                  "improvement": "bold green", "status-improvement": "green", "new": "cyan"}
+                  "improvement": "bold green", "status-improvement": "green", "new": "cyan",
+                  "undetectable": "yellow"}
 
 
 def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -152,8 +156,19 @@ def _backend_ms(r: pd.Series, b: str) -> str:
     return milliseconds(median) + marks + (f" {MISMATCH}" if status == Status.MISMATCH else "")
 
 
-def backends_display(frame: pd.DataFrame) -> pd.DataFrame:
-    """compare_backends' frame as strings: per backend ms (with marks), TFLOP/s and speedup."""
+def _speedup_cell(r: pd.Series, b: str) -> str:
+    value = r[f"{b}:speedup"]
+    return speedup(value) + (WIDE if not is_missing(value) and r.get(f"{b}:wide") else "")
+
+
+def _interval_cell(r: pd.Series, b: str) -> str:
+    low, high = r.get(f"{b}:speedup_low"), r.get(f"{b}:speedup_high")
+    return "" if is_missing(low) or is_missing(high) else f"[{speedup(low)}, {speedup(high)}]"
+
+
+def backends_display(frame: pd.DataFrame, *, intervals: bool = False) -> pd.DataFrame:
+    """compare_backends' frame as strings: per backend ms (with marks), TFLOP/s and speedup
+    (``±`` where its interval is wide), and with ``intervals`` the speedup's 95% interval."""
     backends = [c.removesuffix(":status") for c in frame.columns if c.endswith(":status")]
     out = pd.DataFrame({f: frame[f].map(lambda v, f=f: _shape_cell(f, v))
                         for f in _varying_shape(frame)})
@@ -165,7 +180,9 @@ def backends_display(frame: pd.DataFrame) -> pd.DataFrame:
     for b in backends:
         out[f"{b} ms"] = [_backend_ms(r, b) for _, r in frame.iterrows()]
         out[f"{b} TFLOP/s"] = frame[f"{b}:tflops"].map(number)
-        out[f"{b} ×"] = frame[f"{b}:speedup"].map(speedup)
+        out[f"{b} ×"] = [_speedup_cell(r, b) for _, r in frame.iterrows()]
+        if intervals:
+            out[f"{b} × 95%"] = [_interval_cell(r, b) for _, r in frame.iterrows()]
     return out
 
 
@@ -173,7 +190,10 @@ def legend(display: pd.DataFrame) -> str:
     """The caption of a backends_display frame: the marks it uses, and the speedup column."""
     cells = [str(v).split(" ")[0] for c in display.columns if c.endswith(" ms")
              for v in display[c]]
-    marks = {m for m, _ in _MARK_TEXT if any(m in c for c in cells)}
+    marks = {m for m, _ in _MARK_TEXT if m != WIDE and any(m in c for c in cells)}
+    if any(str(v).endswith(WIDE) for c in display.columns if c.endswith(" ×")
+           for v in display[c]):
+        marks.add(WIDE)
     if any(str(v).endswith(MISMATCH) for c in display.columns if c.endswith(" ms")
            for v in display[c]):
         marks.add(MISMATCH)
@@ -181,7 +201,9 @@ def legend(display: pd.DataFrame) -> str:
     tail = f"×: speedup over {baseline} (higher is faster)" if baseline else \
         "×: speedup over the baseline (higher is faster)" if "baseline" in display else \
         "×: no baseline ran"
-    return " · ".join(filter(None, [_legend(marks), tail]))
+    interval = "× 95%: the speedup's bootstrap interval, paired by round where the sweep " \
+        "interleaved the backends" if any(c.endswith(" × 95%") for c in display.columns) else ""
+    return " · ".join(filter(None, [_legend(marks), tail, interval]))
 
 
 def runs_display(frame: pd.DataFrame) -> pd.DataFrame:
@@ -194,6 +216,9 @@ def runs_display(frame: pd.DataFrame) -> pd.DataFrame:
     out["ratio [99% CI]"] = [
         "" if is_missing(r) else f"{r:.3f} [{lo:.3f}, {hi:.3f}]"
         for r, lo, hi in zip(frame["ratio"], frame["ci_low"], frame["ci_high"])]
+    out["detectable"] = frame["detectable"].map(slowdown)
+    out["samples"] = ["" if is_missing(d) else f"{a}/{b}" for d, a, b in
+                      zip(frame["detectable"], frame["base_n"], frame["current_n"])]
     out["status"] = [a if a == b else f"{a} → {b}" for a, b in
                      zip(frame["base_status"].fillna("—"), frame["current_status"].fillna("—"))]
     out["verdict"] = frame["verdict"]

@@ -12,14 +12,18 @@ import pandas as pd
 
 from flashbench.core.cases import Case
 from flashbench.core.environment import COMPARABLE, environment_differences
-from flashbench.results.compare import compare_runs
 from flashbench.core.errors import UserError, quoted
+from flashbench.results.compare import compare_runs
+from flashbench.results.modes import mixed_notes
 from flashbench.results.reading import load_run
 
 __all__ = ["CheckResult", "env_differences", "junit_xml", "parse_threshold", "run_check",
            "summary_markdown"]
 
 FAILING = ("regression", "status-regression")
+# Cases whose samples could not have shown a slowdown at the threshold: they pass, listed,
+# unless --strict asks that the gate see every case.
+BLIND = "undetectable"
 
 
 # A slowdown of more than ten times is no threshold: it would let everything through.
@@ -58,13 +62,16 @@ class CheckResult:
     current: Path
     allow_missing: bool = False
     env_notes: list[str] = field(default_factory=list)
+    strict: bool = False  # undetectable cases fail too
+    mode_notes: list[str] = field(default_factory=list)  # timing modes compared anyway
 
     def cases(self, *verdicts: str) -> pd.DataFrame:
         return self.frame[self.frame["verdict"].isin(verdicts)]
 
     @property
     def failing(self) -> pd.DataFrame:
-        verdicts = FAILING if self.allow_missing else FAILING + ("missing",)
+        verdicts = FAILING + (() if self.allow_missing else ("missing",)) \
+            + ((BLIND,) if self.strict else ())
         return self.cases(*verdicts)
 
     @property
@@ -76,12 +83,16 @@ class CheckResult:
         counts = ", ".join(f"{n} {v}" for v, n in
                            sorted(self.frame["verdict"].value_counts().items()))
         verdict = "no regression" if self.passed else f"{len(self.failing)} failing case(s)"
-        return f"check: {verdict} ({counts}; threshold {self.threshold:.1%})"
+        notes = "".join(f"; {n}" for n in self.mode_notes)
+        strict = "; --strict: undetectable cases fail" if self.strict else ""
+        return f"check: {verdict} ({counts}; threshold {self.threshold:.1%}{strict}{notes})"
 
 
 def run_check(baseline: str, current: str, *, root: Path, threshold: float = 0.05,
-              allow_missing: bool = False, allow_env_mismatch: bool = False) -> CheckResult:
-    """Compare two runs (folders, ids or results files); refuse different environments."""
+              allow_missing: bool = False, allow_env_mismatch: bool = False,
+              allow_mixed: bool = False, strict: bool = False) -> CheckResult:
+    """Compare two runs (folders, ids or results files); refuse different environments, and
+    runs timed differently (flashbench.results.modes) unless ``allow_mixed``."""
     base_rows, base_meta, base_path = load_run(baseline, root)
     cur_rows, cur_meta, cur_path = load_run(current, root)
     differences = env_differences(base_meta, cur_meta)
@@ -93,8 +104,10 @@ def run_check(baseline: str, current: str, *, root: Path, threshold: float = 0.0
     if base_uuid and cur_uuid and base_uuid != cur_uuid:
         # Same model, another card: cards differ by a few percent on some shapes, for real.
         differences.append(f"another card of the same model ({base_uuid} vs {cur_uuid})")
+    modes = mixed_notes(base_rows, cur_rows, allow_mixed=allow_mixed)
     frame = compare_runs(base_rows, cur_rows, threshold=threshold)
-    return CheckResult(frame, threshold, base_path, cur_path, allow_missing, differences)
+    return CheckResult(frame, threshold, base_path, cur_path, allow_missing, differences,
+                       strict, modes)
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -106,6 +119,32 @@ def _ratio_text(record: dict[str, Any]) -> str:
         return f"{record['base_status']} → {record['current_status']}"
     return (f"×{record['ratio']:.3f} [{record['ci_low']:.3f}, {record['ci_high']:.3f}] "
             f"({record['base_median_ms']:.4g} → {record['current_median_ms']:.4g} ms)")
+
+
+def _blind_text(record: dict[str, Any], threshold: float) -> str:
+    """Why an undetectable case is one: the smallest slowdown its samples could show."""
+    smallest = "none can be vouched for" if math.isinf(record["detectable"]) else \
+        f"the smallest its samples could show is {record['detectable']:.1%}"
+    return (f"no slowdown seen, but {smallest} (threshold {threshold:.1%}; "
+            f"{record['base_n']} / {record['current_n']} samples)")
+
+
+def _blind_lines(result: CheckResult) -> list[str]:
+    """The Markdown of the undetectable cases: what they are, and the table of them."""
+    blind = result.cases(BLIND)
+    if blind.empty:
+        return []
+    fails = " Under `--strict` they fail." if result.strict else ""
+    lines = ["", f"{len(blind)} case(s) undetectable: no change seen, but their samples could "
+             f"not have shown a slowdown of {result.threshold:.1%}.{fails} More samples "
+             "(a larger timing budget or `min_samples`) narrow the interval.", "",
+             "| case | smallest detectable slowdown | samples (baseline / current) | "
+             "current / baseline [99% CI] |", "| --- | ---: | ---: | --- |"]
+    for record in blind.to_dict("records"):
+        smallest = "∞" if math.isinf(record["detectable"]) else f"{record['detectable']:.1%}"
+        lines.append(f"| {_label(record)} | {smallest} | {record['base_n']} / "
+                     f"{record['current_n']} | {_ratio_text(record)} |")
+    return lines
 
 
 def summary_markdown(result: CheckResult) -> str:
@@ -123,31 +162,38 @@ def summary_markdown(result: CheckResult) -> str:
     ]
     if result.env_notes:
         lines += ["", "Environments differ: " + "; ".join(result.env_notes)]
+    if result.mode_notes:
+        lines += ["", "Compared anyway (`--allow-mixed`), though "
+                  + "; ".join(result.mode_notes)]
     notable = result.cases("regression", "status-regression", "missing", "improvement",
                            "status-improvement", "new")
     if not notable.empty:
         lines += ["", "| case | verdict | current / baseline [99% CI] |", "| --- | --- | --- |"]
         for record in notable.to_dict("records"):
             lines.append(f"| {_label(record)} | {record['verdict']} | {_ratio_text(record)} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _blind_lines(result)) + "\n"
+
+
+def _testcase(record: dict[str, Any], failing: bool, threshold: float) -> str:
+    name = quoteattr(_label(record))
+    text = _blind_text(record, threshold) if record["verdict"] == BLIND else _ratio_text(record)
+    if failing:
+        message = quoteattr(f"{record['verdict']}: {text}")
+        return (f'  <testcase classname="flashbench" name={name}>'
+                f'<failure message={message}>{escape(text)}</failure></testcase>')
+    note = f"{BLIND}: {text}" if record["verdict"] == BLIND else record["verdict"]
+    return (f'  <testcase classname="flashbench" name={name}>'
+            f'<system-out>{escape(note)}</system-out></testcase>')
 
 
 def junit_xml(result: CheckResult) -> str:
-    """JUnit XML with one test per case; failing verdicts are failures, the rest pass."""
+    """JUnit XML with one test per case; failing verdicts are failures, the rest pass (an
+    undetectable case with a note saying what it could not see, a failure under --strict)."""
     records = result.frame.to_dict("records")
     failing = set(result.failing.index)
     out = ['<?xml version="1.0" encoding="UTF-8"?>',
            f'<testsuite name="flashbench check" tests="{len(records)}" '
            f'failures="{len(failing)}">']
-    for i, record in enumerate(records):
-        name = quoteattr(_label(record))
-        if i in failing:
-            message = quoteattr(f"{record['verdict']}: {_ratio_text(record)}")
-            out.append(f'  <testcase classname="flashbench" name={name}>'
-                       f'<failure message={message}>{escape(_ratio_text(record))}</failure>'
-                       f'</testcase>')
-        else:
-            out.append(f'  <testcase classname="flashbench" name={name}>'
-                       f'<system-out>{escape(record["verdict"])}</system-out></testcase>')
+    out += [_testcase(record, i in failing, result.threshold) for i, record in enumerate(records)]
     out.append("</testsuite>")
     return "\n".join(out) + "\n"

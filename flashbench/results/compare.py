@@ -5,10 +5,8 @@ Both return plain pandas DataFrames; rendering (Rich, Markdown, CSV, JSON) lives
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from flashbench.core import registry
@@ -16,10 +14,14 @@ from flashbench.core.cases import CASE_FIELDS, SHAPE_FIELDS, Status, case_key
 from flashbench.core.rows import by_shape
 from flashbench.core.stats import summarize
 from flashbench.results.clocks import off_clock, run_clock
+from flashbench.results.intervals import (RatioEstimate, detectable_slowdown, ratio_of_medians,
+                                          speedup_interval)
+from flashbench.results.modes import pair_differences
 
 __all__ = [
     "NOISY_IQR_OVER_MEDIAN",
     "RatioEstimate",
+    "WIDE_SPEEDUP_INTERVAL",
     "compare_backends",
     "compare_runs",
     "ratio_of_medians",
@@ -28,6 +30,9 @@ __all__ = [
 
 # A cell whose samples spread this much (IQR over median) is marked noisy rather than hidden.
 NOISY_IQR_OVER_MEDIAN = 0.05
+# A speedup whose 95% interval spans more than this share of it is marked: its second digit is
+# not to be read (high - low over the speedup, so 4% is about ±2%).
+WIDE_SPEEDUP_INTERVAL = 0.04
 _TIMED = (Status.OK, Status.MISMATCH)
 
 
@@ -36,28 +41,61 @@ def _is_noisy(row: dict[str, Any]) -> bool:
     return len(samples) >= 3 and summarize(samples).iqr_over_median > NOISY_IQR_OVER_MEDIAN
 
 
+def _pick_baseline(ok: dict[str, float], baseline: str | None, baselines: set[str]) -> str | None:
+    if baseline is not None:
+        return baseline if baseline in ok else None
+    candidates = {b: t for b, t in ok.items() if b in baselines}
+    return min(candidates, key=candidates.get) if candidates else None
+
+
+def _speedup_fields(b: str, base: str | None, cells: dict[str, dict[str, Any]],
+                    t: float | None) -> dict[str, Any]:
+    """speedup, its 95% interval, the rounds it was paired over, and whether it is wide."""
+    out: dict[str, Any] = {f"{b}:speedup": None, f"{b}:speedup_low": None,
+                           f"{b}:speedup_high": None, f"{b}:paired_rounds": None,
+                           f"{b}:wide": False}
+    if not (t and base):
+        return out
+    base_row, row = cells[base], cells[b]
+    if b == base:  # the baseline against itself is exactly 1, whatever its noise
+        est_speedup, low, high, rounds = 1.0, 1.0, 1.0, None
+    elif base_row.get("samples_ms") and row.get("samples_ms"):
+        est = speedup_interval(base_row, row)
+        # Unpaired, the speedup stays the ratio of the rows' medians (what the table shows);
+        # paired, the median of per-round ratios, the estimate its interval is about.
+        est_speedup = est.speedup if est.rounds else base_row["median_ms"] / t
+        low, high, rounds = est.low, est.high, est.rounds
+    else:  # medians without samples (a hand-made row): a speedup, but no interval
+        out[f"{b}:speedup"] = base_row["median_ms"] / t
+        return out
+    out.update({f"{b}:speedup": est_speedup, f"{b}:speedup_low": low,
+                f"{b}:speedup_high": high, f"{b}:paired_rounds": rounds,
+                f"{b}:wide": (high - low) / est_speedup > WIDE_SPEEDUP_INTERVAL})
+    return out
+
+
 def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) -> pd.DataFrame:
     """One row per case, backends side by side: median, TFLOP/s, speedup over the baseline.
 
     The baseline is ``baseline`` when given, else per case the fastest of the backends declared
     as baselines (flashbench.core.registry: the SDPA backends, and plugins that say so).
-    Speedup > 1 means faster than the baseline. Each backend also gets its status and flags
-    (``noisy``: IQR/median above NOISY_IQR_OVER_MEDIAN; ``throttled``: NVML reported throttling
-    or the SM clock strayed from the run's median), and ``fastest`` names the fastest backend.
+    Speedup > 1 means faster than the baseline; ``speedup_low`` and ``speedup_high`` bound it
+    (95% bootstrap, paired by round where both rows have ``sample_rounds``: see
+    flashbench.results.intervals.speedup_interval), ``paired_rounds`` says over how many
+    rounds (0: unpaired) and ``wide`` marks an interval wider than WIDE_SPEEDUP_INTERVAL of
+    the speedup. Each backend also gets its status and flags (``noisy``: IQR/median above
+    NOISY_IQR_OVER_MEDIAN; ``throttled``: NVML reported throttling or the SM clock strayed
+    from the run's median), and ``fastest`` names the fastest backend.
     """
     backends = list(dict.fromkeys(r["backend"] for r in rows))
-    baselines = registry.baseline_names()
+    baselines = set(registry.baseline_names())
     clock = run_clock(rows)
     records = []
     for key, cells in by_shape(rows).items():
         timed = {b: r["median_ms"] for b, r in cells.items()
                  if r["status"] in _TIMED and r.get("median_ms")}
         ok = {b: t for b, t in timed.items() if cells[b]["status"] == Status.OK}
-        if baseline is not None:
-            base = baseline if baseline in ok else None
-        else:
-            candidates = {b: t for b, t in ok.items() if b in baselines}
-            base = min(candidates, key=candidates.get) if candidates else None
+        base = _pick_baseline(ok, baseline, baselines)
         record: dict[str, Any] = dict(zip(SHAPE_FIELDS, key))
         record["baseline"] = base
         record["fastest"] = min(ok, key=ok.get) if ok else None
@@ -67,34 +105,11 @@ def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) ->
             record[f"{b}:status"] = r["status"] if r else None
             record[f"{b}:median_ms"] = t
             record[f"{b}:tflops"] = r.get("tflops") if t else None
-            record[f"{b}:speedup"] = ok[base] / t if (t and base) else None
+            record.update(_speedup_fields(b, base, cells, t))
             record[f"{b}:noisy"] = bool(r and t and _is_noisy(r))
             record[f"{b}:throttled"] = bool(r and t and off_clock(r, clock))
         records.append(record)
     return pd.DataFrame.from_records(records)
-
-
-@dataclass(frozen=True, slots=True)
-class RatioEstimate:
-    """current/baseline ratio of medians with a bootstrap confidence interval."""
-
-    ratio: float
-    low: float
-    high: float
-
-
-def ratio_of_medians(baseline: list[float], current: list[float], *, confidence: float = 0.99,
-                     resamples: int = 2000, seed: int = 0) -> RatioEstimate:
-    """Percentile bootstrap of median(current)/median(baseline); deterministic for a seed."""
-    a = np.asarray(baseline, dtype=np.float64)
-    b = np.asarray(current, dtype=np.float64)
-    ratio = float(np.median(b) / np.median(a))
-    rng = np.random.default_rng(seed)
-    med_a = np.median(a[rng.integers(0, a.size, size=(resamples, a.size))], axis=1)
-    med_b = np.median(b[rng.integers(0, b.size, size=(resamples, b.size))], axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(med_b / med_a, [tail, 100 - tail])
-    return RatioEstimate(ratio, float(low), float(high))
 
 
 def timing_verdict(baseline: list[float], current: list[float], *, threshold: float,
@@ -118,15 +133,38 @@ def _status_rank(status: str | None) -> int:
     return 0 if status == Status.OK else 1
 
 
+def _timed_fields(a: dict[str, Any], b: dict[str, Any], threshold: float,
+                  confidence: float) -> dict[str, Any]:
+    """The columns of a case both runs timed ok: medians, ratio, interval, what the samples
+    could have shown, the verdict."""
+    verdict, est = timing_verdict(a["samples_ms"], b["samples_ms"], threshold=threshold,
+                                  confidence=confidence)
+    n_a, n_b = len(a["samples_ms"]), len(b["samples_ms"])
+    detectable = detectable_slowdown(est, n_a, n_b, threshold)
+    # No slowdown seen, but none at the threshold could have been: not "unchanged", "blind".
+    if verdict == "unchanged" and detectable > threshold:
+        verdict = "undetectable"
+    return dict(base_median_ms=a["median_ms"], current_median_ms=b["median_ms"],
+                ratio=est.ratio, ci_low=est.low, ci_high=est.high, detectable=detectable,
+                verdict=verdict)
+
+
+_NUMBERS = ("base_median_ms", "current_median_ms", "ratio", "ci_low", "ci_high", "detectable")
+
+
 def compare_runs(base_rows: list[dict[str, Any]], cur_rows: list[dict[str, Any]], *,
                  threshold: float = 0.05, confidence: float = 0.99) -> pd.DataFrame:
     """The same cases of two runs side by side, with a verdict per case.
 
     Verdicts: ``regression`` (current slower than the baseline by more than ``threshold`` and
     the bootstrap interval of the ratio of medians lies wholly above 1), ``improvement`` (the
-    mirror image), ``unchanged``, ``status-regression`` (ok became a failure),
-    ``status-improvement``, ``missing`` (in the baseline only), ``new`` (in current only) and
-    ``not-timed`` (neither side has samples, e.g. unsupported on both).
+    mirror image), ``unchanged``, ``undetectable`` (no change seen, but the samples could not
+    have shown a slowdown at the threshold: ``detectable``, the smallest they could, is above
+    it; see flashbench.results.intervals.detectable_slowdown), ``status-regression`` (ok
+    became a failure), ``status-improvement``, ``missing`` (in the baseline only), ``new`` (in
+    current only) and ``not-timed`` (neither side has samples, e.g. unsupported on both).
+    ``base_n`` and ``current_n`` count the samples; ``timed_differently`` says how the two
+    rows' timer, L2 mode or matmul precision differ (flashbench.results.modes), if they do.
     """
     base = {case_key(r): r for r in base_rows}
     cur = {case_key(r): r for r in cur_rows}
@@ -135,15 +173,19 @@ def compare_runs(base_rows: list[dict[str, Any]], cur_rows: list[dict[str, Any]]
         a, b = base.get(key), cur.get(key)
         record: dict[str, Any] = dict(zip(CASE_FIELDS, key))
         record.update(base_status=a and a["status"], current_status=b and b["status"],
-                      base_median_ms=None, current_median_ms=None, ratio=None, ci_low=None,
-                      ci_high=None)
+                      base_n=len(a["samples_ms"]) if a else None,
+                      current_n=len(b["samples_ms"]) if b else None,
+                      timed_differently=None, **dict.fromkeys(_NUMBERS))
         if a is None or b is None:
             record["verdict"] = "new" if a is None else "missing"
-        elif a["status"] == b["status"] == Status.OK and a["samples_ms"] and b["samples_ms"]:
-            verdict, est = timing_verdict(a["samples_ms"], b["samples_ms"], threshold=threshold,
-                                          confidence=confidence)
-            record.update(base_median_ms=a["median_ms"], current_median_ms=b["median_ms"],
-                          ratio=est.ratio, ci_low=est.low, ci_high=est.high, verdict=verdict)
+            records.append(record)
+            continue
+        if a["samples_ms"] and b["samples_ms"]:
+            differences = pair_differences(a, b)
+            record["timed_differently"] = "; ".join(f"{f}: {x} vs {y}"
+                                                    for f, x, y in differences) or None
+        if a["status"] == b["status"] == Status.OK and a["samples_ms"] and b["samples_ms"]:
+            record.update(_timed_fields(a, b, threshold, confidence))
         elif _status_rank(b["status"]) > _status_rank(a["status"]):
             record["verdict"] = "status-regression"
         elif _status_rank(b["status"]) < _status_rank(a["status"]):
@@ -152,6 +194,8 @@ def compare_runs(base_rows: list[dict[str, Any]], cur_rows: list[dict[str, Any]]
             record["verdict"] = "not-timed"
         records.append(record)
     frame = pd.DataFrame.from_records(records)
-    for col in ("ratio", "ci_low", "ci_high"):
+    for col in _NUMBERS:
         frame[col] = frame[col].astype(float)
+    for col in ("base_n", "current_n"):
+        frame[col] = frame[col].astype("Int64")  # a count, missing where the case is
     return frame
