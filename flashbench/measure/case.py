@@ -11,6 +11,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
@@ -23,8 +24,9 @@ from flashbench.core.roofline import roofline_fields
 from flashbench.core.rows import blank_row
 from flashbench.core.stats import summarize
 from flashbench.measure.backends import Backend, get_backend, torch_dtype
-from flashbench.measure.reference import (REFERENCE_CHUNK_BYTES, TOLERANCE, errors,
-                                          reference_attention, reference_gradients)
+from flashbench.measure.precision import ieee_matmuls, matmul_precision
+from flashbench.measure.reference import (REFERENCE_CHUNK_BYTES, errors, reference_attention,
+                                          reference_gradients, tolerance)
 from flashbench.measure.telemetry import TelemetrySampler, memory_used_bytes
 from flashbench.measure.timing import time_callable
 
@@ -53,11 +55,12 @@ class Refused(Exception):
 
 
 def measure_case(case: Case, device: torch.device, policy: TimingPolicy,
-                 nvml_handle: Any | None = None,
-                 ceilings: dict[str, Any] | None = None) -> dict[str, Any]:
+                 nvml_handle: Any | None = None, ceilings: dict[str, Any] | None = None,
+                 fp32_precision: str = "tf32") -> dict[str, Any]:
     """Run one case end to end; always returns a row, whatever happened.
 
-    ``ceilings`` (flashbench.measure.calibrate's record for this device) adds the shares of peak."""
+    ``ceilings`` (flashbench.measure.calibrate's record for this device) adds the shares of
+    peak; ``fp32_precision`` (the config's) is how our kernels multiply fp32 inputs."""
     row = blank_row(case, str(device), policy.l2)
     backend = get_backend(case.backend)
     reason = backend.unavailable(device) or backend.unsupported(case)
@@ -68,7 +71,7 @@ def measure_case(case: Case, device: torch.device, policy: TimingPolicy,
         return row | {"status": Status.OOM, "error": reason}
     _release(device)
     try:
-        _measure_into(row, case, backend, device, policy, nvml_handle)
+        _measure_into(row, case, backend, device, policy, nvml_handle, fp32_precision)
         row.update(roofline_fields(row, ceilings))
     except Refused as e:
         row.update(status=Status.UNSUPPORTED, error=str(e))
@@ -156,12 +159,16 @@ def _grad_output(case: Case, q: torch.Tensor) -> torch.Tensor:
 
 
 def _prepared_call(case: Case, backend: Backend, q: torch.Tensor, k: torch.Tensor,
-                   v: torch.Tensor, dout: torch.Tensor | None) -> Callable[[], Any]:
+                   v: torch.Tensor, dout: torch.Tensor | None,
+                   fp32_precision: str = "tf32") -> Callable[[], Any]:
     """The backend prepared for the inputs (may tune and compile), as the mode's call."""
     if dout is not None:
         for t in (q, k, v):
             t.requires_grad_()
-    fn = backend.prepare(q, k, v, causal=case.causal, scale=1.0 / math.sqrt(case.head_dim))
+    # Only a backend that follows the sweep's setting (ours) takes it; plugins never see it.
+    extra = {"fp32_precision": fp32_precision} if backend.spec.fp32_matmul == "sweep" else {}
+    fn = backend.prepare(q, k, v, causal=case.causal, scale=1.0 / math.sqrt(case.head_dim),
+                         **extra)
     return mode_call(fn, case.mode, (q, k, v), dout)
 
 
@@ -183,11 +190,15 @@ def _references(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """What the case's result is checked against: the output, or (backward modes) the
     gradients; float32 on a GPU, float64 on a CPU."""
     scale = 1.0 / math.sqrt(case.head_dim)
-    dtype = torch.float32 if q.device.type == "cuda" else torch.float64
-    if dout is None:
-        return (reference_attention(q, k, v, causal=case.causal, scale=scale, dtype=dtype),)
-    # Gradients are checked; the forward's output is checked by the fwd mode.
-    return reference_gradients(q, k, v, dout, causal=case.causal, scale=scale, dtype=dtype)[1:]
+    cuda = q.device.type == "cuda"
+    dtype = torch.float32 if cuda else torch.float64
+    # A float32 reference in TF32 (a program that turned it on) would be no reference.
+    with ieee_matmuls() if cuda else nullcontext():
+        if dout is None:
+            return (reference_attention(q, k, v, causal=case.causal, scale=scale, dtype=dtype),)
+        # Gradients are checked; the forward's output is checked by the fwd mode.
+        return reference_gradients(q, k, v, dout, causal=case.causal, scale=scale,
+                                   dtype=dtype)[1:]
 
 
 def _first_call_with_memory(row: dict[str, Any], run: Callable[[], Any], case: Case,
@@ -221,19 +232,22 @@ def _worst_errors(results: tuple[torch.Tensor, ...], refs: tuple[torch.Tensor, .
 
 
 def _measure_into(row: dict[str, Any], case: Case, backend: Backend, device: torch.device,
-                  policy: TimingPolicy, nvml_handle: Any | None) -> None:
+                  policy: TimingPolicy, nvml_handle: Any | None, fp32_precision: str) -> None:
     q, k, v = make_inputs(case, device)
     dout = None if case.mode is Mode.FWD else _grad_output(case, q)
     refs = _references(case, q, k, v, dout)
     # Preparing may autotune and compile (our Triton kernel): timed apart from the samples.
     started = time.perf_counter()
-    run = _prepared_call(case, backend, q, k, v, dout)
+    run = _prepared_call(case, backend, q, k, v, dout, fp32_precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row["setup_ms"] = (time.perf_counter() - started) * 1e3
     result = _first_call_with_memory(row, run, case, device, nvml_handle)
     row["resolved_backend"] = backend.resolve(q, k, v, causal=case.causal) \
         if backend.resolve is not None else case.backend
+    # torch's TF32 flags as they are now, while the case runs.
+    row["matmul_precision"] = matmul_precision(backend.spec, case.dtype, device,
+                                               row["resolved_backend"], fp32_precision)
     max_abs, rel = _worst_errors((result,) if case.mode is Mode.FWD else tuple(result), refs)
     row.update(max_abs_err=max_abs, rel_err=rel)
     del result, refs
@@ -242,12 +256,14 @@ def _measure_into(row: dict[str, Any], case: Case, backend: Backend, device: tor
         samples, timer = time_callable(run, device, policy)
     row.update(sampler.summary())
     _fill_timing(row, samples, timer)
-    if rel <= TOLERANCE[case.dtype]:  # False for NaN as well
+    allowed = tolerance(case.dtype, row["matmul_precision"])
+    if rel <= allowed:  # False for NaN as well
         row.update(status=Status.OK)
     else:
+        how = f" ({row['matmul_precision']} products)" if row["matmul_precision"] else ""
         row.update(status=Status.MISMATCH,
-                   error=f"relative error {rel:.3g} above the {case.dtype} tolerance "
-                         f"{TOLERANCE[case.dtype]:g}")
+                   error=f"relative error {rel:.3g} above the {case.dtype}{how} tolerance "
+                         f"{allowed:g}")
 
 
 def _fill_timing(row: dict[str, Any], samples: list[float], timer: str) -> None:

@@ -2,7 +2,8 @@
 
 Every table is built as data here (a ``Grid``, or a frame of display strings); flashbench.output.fit
 fits a Grid to the terminal. Cells carry the same marks everywhere: ``*`` fastest, ``~`` noisy,
-``!`` throttled or off the run's clock, ``✗`` result outside tolerance.
+``!`` throttled or off the run's clock, ``†`` fp32 multiplied in TF32, ``✗`` result outside
+tolerance.
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ __all__ = ["SHAPE_FIELDS", "backends_display", "failure_notes", "fixed_shape", "
            "legend", "markdown_table", "results_frame", "runs_display", "sweep_table",
            "to_grid", "varying_shape_fields"]
 
-FASTEST, NOISY, THROTTLED, MISMATCH = "*", "~", "!", "✗"
+FASTEST, NOISY, THROTTLED, TF32, MISMATCH = "*", "~", "!", "†", "✗"
+# A TF32 row's error is 2-3 orders above an IEEE fp32 one's, and its time is a tensor-core
+# time: a reader comparing fp32 cells must see which were which.
 _MARK_TEXT = ((FASTEST, "* fastest"), (NOISY, "~ noisy (IQR/median > 5%)"),
               (THROTTLED, "! throttled or SM clock off the run's median"),
+              (TF32, "† fp32 products in TF32 (relative error ~1e-3)"),
               (MISMATCH, "✗ result outside tolerance"))
 _STATUS_MARK = {Status.UNSUPPORTED: ("n/a", "dim"), Status.OOM: ("OOM", "bold red"),
                 Status.ERROR: ("error", "bold red"), Status.TIMEOUT: ("timeout", "bold red"),
@@ -78,6 +82,7 @@ def _sweep_cells(r: dict[str, Any] | None, fastest: float | None, clock: float |
         return line
     marks = (FASTEST if r["median_ms"] == fastest else "") \
         + (THROTTLED if off_clock(r, clock) else "") \
+        + (TF32 if r.get("matmul_precision") == "tf32" else "") \
         + (MISMATCH if r["status"] == Status.MISMATCH else "")
     seen.update(marks)
     values = {"tflops": number(r["tflops"], missing="–"),
@@ -148,7 +153,7 @@ def _backend_ms(r: pd.Series, b: str) -> str:
     if is_missing(median):
         return str(status)
     marks = (FASTEST if r["fastest"] == b else "") + (NOISY if r[f"{b}:noisy"] else "") \
-        + (THROTTLED if r[f"{b}:throttled"] else "")
+        + (THROTTLED if r[f"{b}:throttled"] else "") + (TF32 if r.get(f"{b}:tf32") else "")
     return milliseconds(median) + marks + (f" {MISMATCH}" if status == Status.MISMATCH else "")
 
 
@@ -207,7 +212,8 @@ def _styled(col: str, value: Any) -> Text:
         style = _VERDICT_STYLE.get(text, "")
     elif col.endswith("ms") and MISMATCH in text:
         style = "bold red"
-    elif col.endswith("ms") and text.split(" ")[0].rstrip(NOISY + THROTTLED).endswith(FASTEST):
+    elif col.endswith("ms") and text.split(" ")[0].rstrip(NOISY + THROTTLED + TF32).endswith(
+            FASTEST):
         style = "bold green"
     elif col.endswith("ms") and text and not text[0].isdigit():
         style = "dim" if text == Status.UNSUPPORTED else "red"

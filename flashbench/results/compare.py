@@ -43,7 +43,8 @@ def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) ->
     as baselines (flashbench.core.registry: the SDPA backends, and plugins that say so).
     Speedup > 1 means faster than the baseline. Each backend also gets its status and flags
     (``noisy``: IQR/median above NOISY_IQR_OVER_MEDIAN; ``throttled``: NVML reported throttling
-    or the SM clock strayed from the run's median), and ``fastest`` names the fastest backend.
+    or the SM clock strayed from the run's median; ``tf32``: its fp32 products ran in TF32),
+    and ``fastest`` names the fastest backend.
     """
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     baselines = registry.baseline_names()
@@ -70,6 +71,7 @@ def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) ->
             record[f"{b}:speedup"] = ok[base] / t if (t and base) else None
             record[f"{b}:noisy"] = bool(r and t and _is_noisy(r))
             record[f"{b}:throttled"] = bool(r and t and off_clock(r, clock))
+            record[f"{b}:tf32"] = bool(r and t and r.get("matmul_precision") == "tf32")
         records.append(record)
     return pd.DataFrame.from_records(records)
 

@@ -4,7 +4,8 @@ The parent (flashbench.sweep.executors) never touches CUDA; this process owns th
 are JSON objects (plain data: unpickling could import torch into the parent) over two pipes
 whose descriptors are given on the command line:
 
-    parent -> worker   {"kind": "hello", "device", "plugins", "backends", "timing"},
+    parent -> worker   {"kind": "hello", "device", "plugins", "backends", "timing",
+                        "fp32_precision"},
                        then {"kind": "case", "case"} per case, or {"kind": "stop"}
     worker -> parent   {"kind": "phase", "phase": "plugins"} while it imports the plugins,
                        {"kind": "phase", "phase": "kernels"} once they are in,
@@ -99,17 +100,19 @@ def _start(hello: dict[str, Any], replies: Connection) -> tuple[Any, ...] | None
         return None
     from flashbench.core.config import TimingPolicy
     from flashbench.core.nvml import nvml_handle
+    from flashbench.measure.device import use_threads
     from flashbench.measure.machine import capture_environment
 
-    _preload(hello["backends"])
     policy = TimingPolicy.model_validate(hello["timing"])
-    environment = capture_environment(device)
+    use_threads(device, policy.threads)  # before anything runs, so inter-op threads obey too
+    _preload(hello["backends"])
+    environment = capture_environment(device)  # records the threads torch now uses
     handle = nvml_handle(environment.get("gpu_uuid")) if device.type == "cuda" else None
     send(replies, {"kind": "ready", "device": str(device), "environment": environment})
-    return device, policy, environment, handle
+    return device, policy, environment, handle, hello.get("fp32_precision", "tf32")
 
 
-def _measure(case_data: dict[str, Any], device, policy, environment, handle
+def _measure(case_data: dict[str, Any], device, policy, environment, handle, fp32_precision
              ) -> tuple[dict[str, Any], bool, bool]:
     """One case's row, whether the CUDA context is lost after it, and whether it left threads
     or processes running (either way the worker exits, to be replaced)."""
@@ -122,7 +125,8 @@ def _measure(case_data: dict[str, Any], device, policy, environment, handle
     case = Case.from_dict(case_data)
     before = snapshot()
     try:
-        row = measure_case(case, device, policy, handle, environment.get("ceilings"))
+        row = measure_case(case, device, policy, handle, environment.get("ceilings"),
+                           fp32_precision)
     except Exception as e:  # its own clean-up failed (a broken CUDA context): still a row
         row = blank_row(case, str(device), policy.l2) | {"status": Status.ERROR,
                                                          "error": one_line(e)}
