@@ -13,7 +13,8 @@ from flashbench.core.cases import Case, Mode
 from flashbench.core.config import TimingPolicy
 from flashbench.kernels import triton_flash
 from flashbench.measure.case import measure_case
-from flashbench.measure.precision import cuda_matmul_precision, ieee_matmuls, matmul_precision
+from flashbench.measure.precision import (cuda_matmul_precision, cudnn_precision,
+                                         ieee_matmuls, matmul_precision)
 from flashbench.measure.reference import tolerance
 from flashbench.output.tables import backends_display, legend, sweep_table
 from flashbench.results.compare import compare_backends
@@ -80,6 +81,13 @@ def test_torch_flag_is_read_as_it_is_and_the_reference_runs_in_ieee(torch_tf32):
     assert cuda_matmul_precision() == "tf32"  # put back
     torch.set_float32_matmul_precision("highest")
     assert cuda_matmul_precision() == "ieee"
+
+
+def test_nvidias_override_forbids_tf32_in_the_libraries(torch_tf32, monkeypatch):
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    assert cuda_matmul_precision() == "ieee" and cudnn_precision() == "ieee"
+    # Our kernels' TF32 is their own code, which the override does not reach.
+    assert matmul_precision(_spec("triton"), "fp32", CUDA, "triton-flash", "tf32") == "tf32"
 
 
 def test_plugins_declare_their_fp32_matmuls_or_say_null(monkeypatch):

@@ -8,6 +8,7 @@ inputs are half precision already, and no backend multiplies them in more than t
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Iterator, Literal
 
@@ -22,6 +23,12 @@ __all__ = ["MatmulPrecision", "cuda_matmul_precision", "cudnn_precision", "ieee_
 MatmulPrecision = Literal["tf32", "ieee"]
 
 
+def _tf32_forbidden() -> bool:
+    """NVIDIA_TF32_OVERRIDE=0 makes cuBLAS and cuDNN refuse TF32 whatever torch asks (it
+    does not reach our Triton kernels, whose TF32 instructions are in their own code)."""
+    return os.environ.get("NVIDIA_TF32_OVERRIDE") == "0"
+
+
 def cuda_matmul_precision() -> MatmulPrecision | None:
     """torch's setting for fp32 cuBLAS products now (naive, SDPA's math backend).
 
@@ -30,6 +37,8 @@ def cuda_matmul_precision() -> MatmulPrecision | None:
     was set anywhere, which is IEEE. Reading ``allow_tf32`` instead raises when a program mixed
     the two APIs, so it is only the fallback of an older torch.
     """
+    if _tf32_forbidden():
+        return "ieee"
     matmul = torch.backends.cuda.matmul
     value = getattr(matmul, "fp32_precision", None)
     if value is None:
@@ -40,6 +49,8 @@ def cuda_matmul_precision() -> MatmulPrecision | None:
 def cudnn_precision() -> MatmulPrecision | None:
     """torch's cuDNN TF32 flag now (``torch.backends.cudnn.allow_tf32``, on by default);
     None when a mix of the old and new precision APIs makes torch refuse to say."""
+    if _tf32_forbidden():
+        return "ieee"
     try:
         return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
     except RuntimeError:
