@@ -69,7 +69,7 @@ def main() -> None:
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     print("| BM | BN | warps | stages | regs | stack | smem KB | HGMMA | UTMALDG | MUFU.EX2 | HMMA | FFMA | SETMAXREG |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for cfg in tf.candidate_configs(args.head_dim, torch_dtype):
+    for cfg in tf.candidate_configs(args.head_dim, torch_dtype, args.fp32_precision):
         try:
             c = compile_config(cfg, args.head_dim, args.dtype, args.causal, args.fp32_precision)
         except RuntimeError as e:
