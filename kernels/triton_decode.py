@@ -37,7 +37,7 @@ def _split_kv_kernel(
     desc_q, desc_k, desc_v, desc_po, Lse_part,
     kv_heads, rows, seq_len, kv_len, split_len, num_splits, qk_scale,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
+    CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     split = tl.program_id(0)
     pid_bk = tl.program_id(1)
@@ -67,7 +67,8 @@ def _split_kv_kernel(
     # (desc_po is then the output itself), and the combine needs nothing else. A row that saw
     # no key of this split (causal, last split) stores 0 and -inf, which weigh nothing there.
     out, lse = _attend_rows(q, desc_k, desc_v, batch, kv_head, lo, unmasked_hi, hi, pos, kv_len,
-                            diag, qk_scale, CAUSAL, INTERPRET, BLOCK_M, BLOCK_N, BLOCK_D)
+                            diag, qk_scale, CAUSAL, INTERPRET, BLOCK_M, BLOCK_N, BLOCK_D,
+                            DOT_PRECISION)
     # Viewed as (batch * kv_heads, rows, num_splits, D): the store is clipped to this group.
     desc_po.store([pid_bk, 0, split, 0],
                   out.to(desc_po.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
@@ -208,15 +209,17 @@ def _sm_count(device: torch.device) -> int:
 
 def decode_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float,
-    num_splits: int | None = None,
+    num_splits: int | None = None, fp32_precision: str = "tf32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of a few queries q (B, H, N, D) over a KV cache k, v (B, Hkv, Nk, D).
 
     Returns the output in q's dtype and the fp32 natural-log log-sum-exp (B, H, N).
     ``num_splits`` overrides ``choose_num_splits``; splits are rounded to whole key tiles, and
-    splits that would start past the last key are not launched.
+    splits that would start past the last key are not launched. ``fp32_precision`` is how fp32
+    inputs are multiplied on a GPU: "tf32" or "ieee" (triton_flash.dot_precision).
     """
     _check_inputs(q, k, v, causal)
+    precision = triton_flash.dot_precision(q.dtype, fp32_precision)
     batch, heads, seq_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     rows = heads // kv_heads * seq_len
@@ -252,13 +255,11 @@ def decode_forward(
     desc_v = TensorDescriptor.from_tensor(v, [1, 1, block_n, block_d])
     desc_po = TensorDescriptor.from_tensor(
         part.view(batch * kv_heads, rows, num_splits, head_dim), [1, block_m, 1, block_d])
-    # fp32 inputs take tl.dot's default TF32 tensor-core path on GPU (~1e-3 relative), as in
-    # triton_flash; the interpreter is exact.
     _split_kv_kernel[(num_splits, batch * kv_heads)](
         desc_q, desc_k, desc_v, desc_po, lse_part,
         kv_heads, rows, seq_len, kv_len, split_len, num_splits, scale * _LOG2E,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CAUSAL=causal, INTERPRET=interpret,
-        num_warps=num_warps, num_stages=num_stages,
+        DOT_PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1:
         # Up to 32 splits of a row in one load (16 KB at D=128); more take several.

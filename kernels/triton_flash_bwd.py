@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from flashbench.kernels.triton_flash import _load_tile, _tma_ready
+from flashbench.kernels.triton_flash import _load_tile, _tma_ready, dot_precision
 
 __all__ = ["BackwardConfig", "attention_backward"]
 
@@ -22,7 +22,7 @@ def _dkdv_kernel(
     desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, Lse, Delta,
     num_heads, kv_heads, group, seq_len, kv_len, qk_scale, sm_scale,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
+    CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # One program owns BLOCK_N keys of one KV head and streams every query of every query head
     # in that head's GQA group past them: dK and dV come out summed over the group, with no
@@ -51,7 +51,7 @@ def _dkdv_kernel(
             while start_m < seq_len:
                 dk, dv = _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, batch, head, row,
                                     start_m, offs_n, seq_len, kv_len, diag, qk_scale, BLOCK_M,
-                                    BLOCK_D, CAUSAL, INTERPRET)
+                                    BLOCK_D, CAUSAL, INTERPRET, DOT_PRECISION)
                 start_m += BLOCK_M
             g += 1
     else:
@@ -61,7 +61,7 @@ def _dkdv_kernel(
             for start_m in range(lo, seq_len, BLOCK_M):
                 dk, dv = _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, batch, head, row,
                                     start_m, offs_n, seq_len, kv_len, diag, qk_scale, BLOCK_M,
-                                    BLOCK_D, CAUSAL, INTERPRET)
+                                    BLOCK_D, CAUSAL, INTERPRET, DOT_PRECISION)
     # The descriptors clip the stores to this head's keys and the real head dim.
     desc_dk.store([batch, kv_head, start_n, 0],
                   (dk * sm_scale).to(desc_dk.dtype).reshape(1, 1, BLOCK_N, BLOCK_D))
@@ -72,7 +72,7 @@ def _dkdv_kernel(
 @triton.jit
 def _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, batch, head, row, start_m, offs_n,
                seq_len, kv_len, diag, qk_scale, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-               CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
+               CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_tile(desc_q, batch, head, start_m, BLOCK_M, BLOCK_D, INTERPRET)
     do = _load_tile(desc_do, batch, head, start_m, BLOCK_M, BLOCK_D, INTERPRET)
@@ -81,16 +81,16 @@ def _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, batch, head, row, star
     delta = tl.load(Delta + row + offs_m, mask=offs_m < seq_len, other=0.0)
     # Work on the transposed tile (keys down, queries across) so dK and dV accumulate without
     # transposing P or dS.
-    qk_t = tl.dot(k, tl.trans(q))
+    qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
     p_t = tl.exp2(qk_t * qk_scale - lse[None, :] * 1.4426950408889634)
     keep = offs_n[:, None] < kv_len
     if CAUSAL:
         keep = keep & (offs_n[:, None] <= offs_m[None, :] + diag)
     p_t = tl.where(keep, p_t, 0.0)
-    dv = tl.dot(p_t.to(do.dtype), do, dv)
-    dp_t = tl.dot(v, tl.trans(do))
+    dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     ds_t = p_t * (dp_t - delta[None, :])
-    dk = tl.dot(ds_t.to(q.dtype), q, dk)
+    dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
 
 
@@ -99,7 +99,7 @@ def _dq_kernel(
     desc_q, desc_k, desc_v, desc_do, desc_dq, Lse, Delta,
     num_heads, group, seq_len, kv_len, qk_scale, sm_scale,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, INTERPRET: tl.constexpr,
+    CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # One program owns BLOCK_M queries of one head and streams the keys they can see.
     pid_m = tl.program_id(0)
@@ -121,12 +121,14 @@ def _dq_kernel(
         start_n = 0
         while start_n < hi:
             dq = _dq_tile(dq, q, do, lse, delta, desc_k, desc_v, batch, kv_head, start_n, offs_m,
-                          kv_len, diag, qk_scale, BLOCK_N, BLOCK_D, CAUSAL, INTERPRET)
+                          kv_len, diag, qk_scale, BLOCK_N, BLOCK_D, CAUSAL, INTERPRET,
+                          DOT_PRECISION)
             start_n += BLOCK_N
     else:
         for start_n in range(0, hi, BLOCK_N):
             dq = _dq_tile(dq, q, do, lse, delta, desc_k, desc_v, batch, kv_head, start_n, offs_m,
-                          kv_len, diag, qk_scale, BLOCK_N, BLOCK_D, CAUSAL, INTERPRET)
+                          kv_len, diag, qk_scale, BLOCK_N, BLOCK_D, CAUSAL, INTERPRET,
+                          DOT_PRECISION)
     desc_dq.store([batch, head, start_m, 0],
                   (dq * sm_scale).to(desc_dq.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
 
@@ -134,19 +136,19 @@ def _dq_kernel(
 @triton.jit
 def _dq_tile(dq, q, do, lse, delta, desc_k, desc_v, batch, kv_head, start_n, offs_m, kv_len,
              diag, qk_scale, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-             INTERPRET: tl.constexpr):
+             INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_tile(desc_k, batch, kv_head, start_n, BLOCK_N, BLOCK_D, INTERPRET)
     v = _load_tile(desc_v, batch, kv_head, start_n, BLOCK_N, BLOCK_D, INTERPRET)
-    qk = tl.dot(q, tl.trans(k))
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     p = tl.exp2(qk * qk_scale - lse[:, None] * 1.4426950408889634)
     keep = offs_n[None, :] < kv_len
     if CAUSAL:
         keep = keep & (offs_n[None, :] <= offs_m[:, None] + diag)
     p = tl.where(keep, p, 0.0)
-    dp = tl.dot(do, tl.trans(v))
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
     ds = p * (dp - delta[:, None])
-    return tl.dot(ds.to(k.dtype), k, dq)
+    return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
 
 
 class BackwardConfig(NamedTuple):
@@ -172,8 +174,11 @@ def _config(head_dim: int, dtype: torch.dtype, interpret: bool) -> BackwardConfi
 def attention_backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     dout: torch.Tensor, *, causal: bool, scale: float, config: BackwardConfig | None = None,
+    fp32_precision: str = "tf32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq, dk, dv) of attention_forward, from its saved output and LSE."""
+    """Gradients (dq, dk, dv) of attention_forward, from its saved output and LSE; fp32 inputs
+    multiplied as ``fp32_precision`` says ("tf32" or "ieee", triton_flash.dot_precision)."""
+    precision = dot_precision(q.dtype, fp32_precision)
     batch, heads, seq_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
@@ -191,7 +196,7 @@ def attention_backward(
         return TensorDescriptor.from_tensor(t, [1, 1, rows, block_d])
 
     qk_scale = scale * _LOG2E
-    common = dict(BLOCK_D=block_d, CAUSAL=causal, INTERPRET=interpret,
+    common = dict(BLOCK_D=block_d, CAUSAL=causal, INTERPRET=interpret, DOT_PRECISION=precision,
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     _dkdv_kernel[(triton.cdiv(kv_len, cfg.dkdv_block_n), batch * kv_heads)](
         desc(q, cfg.dkdv_block_m), desc(k, cfg.dkdv_block_n), desc(v, cfg.dkdv_block_n),

@@ -78,3 +78,21 @@ def assert_matches_reference(out: torch.Tensor, lse: torch.Tensor, q: torch.Tens
     lse_err = (lse.cpu().double() - ref_lse).abs().max().item()
     assert rel < out_tol, f"relative output error {rel:.3e} >= {out_tol:.0e}"
     assert lse_err < lse_tol, f"max lse error {lse_err:.3e} >= {lse_tol:.0e}"
+
+
+class LaunchSpy:
+    """Stands in for a Triton kernel (``monkeypatch.setattr(module, name, LaunchSpy(kernel))``)
+    and records the keyword arguments (constexprs) of every launch, then launches it."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel = kernel
+        self.launches: list[dict] = []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def call(*args, **kwargs):
+            self.launches.append(kwargs)
+            return launch(*args, **kwargs)
+
+        return call

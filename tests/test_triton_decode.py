@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from kernel_inputs import (BF16, DEVICE, DTYPES, F16, F32, INTERPRET,
+from kernel_inputs import (BF16, DEVICE, DTYPES, F16, F32, INTERPRET, LaunchSpy,
                            assert_matches_reference, make_inputs, reference)
 
-from flashbench.kernels import triton_decode
+from flashbench.kernels import triton_decode, triton_flash
 from flashbench.kernels.triton_decode import (MIN_SPLIT_KEYS, choose_num_splits, decode_forward,
                                               is_decode_shape, unsupported_reason)
 
@@ -209,3 +209,35 @@ def test_gpu_error_within_twice_sdpa(dtype: torch.dtype, out_tol: float, b: int,
     assert err < out_tol, f"relative output error {err:.3e} >= {out_tol:.0e}"
     assert err <= 2 * sdpa_err, f"{err:.3e} > 2 x SDPA's {sdpa_err:.3e}"
     assert (lse - ref_lse).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize(("dtype", "setting", "launched"), [(F32, "ieee", "ieee"),
+                                                            (F32, "tf32", "tf32"),
+                                                            (BF16, "ieee", "tf32")])
+def test_fp32_precision_reaches_the_split_kernel(monkeypatch: pytest.MonkeyPatch,
+                                                 dtype: torch.dtype, setting: str,
+                                                 launched: str) -> None:
+    spy = LaunchSpy(triton_decode._split_kv_kernel)
+    monkeypatch.setattr(triton_decode, "_split_kv_kernel", spy)
+    q, k, v = make_inputs(1, 2, 1, 1, 300, 32, dtype)
+    # Through prepare, as a sweep runs it: a decode shape takes this kernel.
+    out = triton_flash.prepare(q, k, v, causal=False, scale=0.2, fp32_precision=setting)()
+    assert [launch["DOT_PRECISION"] for launch in spy.launches] == [launched]
+    ref, _ = reference(q, k, v, causal=False, scale=0.2)
+    assert ((out.cpu().double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="checks the compiled kernel, not the interpreter")
+@pytest.mark.parametrize(("b", "n", "nk"), [(1, 1, 32768), (16, 4, 8192)])
+def test_gpu_fp32_ieee_is_as_accurate_as_sdpa_math(b: int, n: int, nk: int) -> None:
+    q, k, v = make_inputs(b, 32, 8, n, nk, 128, F32, device="cuda", seed=nk)
+    scale = 1.0 / math.sqrt(128)
+    ref, _ = reference(q, k, v, causal=False, scale=scale, dtype=torch.float64, device="cuda")
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+        math_out = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale,
+                                                                    enable_gqa=True)
+    math_err = ((math_out.double() - ref).norm() / ref.norm()).item()
+    out, _ = decode_forward(q, k, v, causal=False, scale=scale, fp32_precision="ieee")
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert err <= 2 * math_err + 1e-6, f"{err:.3e} vs SDPA math {math_err:.3e}"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from kernel_inputs import (BF16, DEVICE, DTYPES, F16, F32, INTERPRET,
+from kernel_inputs import (BF16, DEVICE, DTYPES, F16, F32, INTERPRET, LaunchSpy,
                            assert_matches_reference, make_inputs, reference)
 
 from flashbench.kernels import triton_flash
@@ -173,3 +177,76 @@ def test_gpu_error_within_twice_sdpa(dtype: torch.dtype, n: int, head_dim: int, 
         out, _ = attention_forward(q, k, v, causal=causal, scale=scale, config=config)
         err = ((out.float() - ref).norm() / ref.norm()).item()
         assert err <= 2 * sdpa_err, f"{config}: {err:.3e} > 2 x SDPA's {sdpa_err:.3e}"
+
+
+@pytest.mark.parametrize(("dtype", "setting", "launched"), [
+    (F32, "ieee", "ieee"), (F32, "tf32", "tf32"),
+    # 16-bit tiles ignore it: one compiled kernel, whatever the setting.
+    (BF16, "ieee", "tf32"), (F16, "ieee", "tf32"),
+])
+def test_fp32_precision_reaches_the_forward_launch(monkeypatch: pytest.MonkeyPatch,
+                                                   dtype: torch.dtype, setting: str,
+                                                   launched: str) -> None:
+    spy = LaunchSpy(triton_flash._attn_fwd_kernel)
+    monkeypatch.setattr(triton_flash, "_attn_fwd_kernel", spy)
+    q, k, v = make_inputs(1, 2, 1, 20, 20, 32, dtype)
+    out, lse = attention_forward(q, k, v, causal=True, scale=0.2, fp32_precision=setting)
+    triton_flash.prepare(q, k, v, causal=True, scale=0.2, fp32_precision=setting)()
+    assert [launch["DOT_PRECISION"] for launch in spy.launches] == [launched, launched]
+    assert_matches_reference(out, lse, q, k, v, causal=True, scale=0.2)
+
+
+def test_an_unknown_fp32_precision_is_refused_before_any_launch() -> None:
+    q, k, v = make_inputs(1, 1, 1, 16, 16, 32, F32)
+    with pytest.raises(ValueError, match="fp32_precision 'tf32x3' is not one of"):
+        triton_flash.prepare(q, k, v, causal=False, scale=0.2, fp32_precision="tf32x3")
+
+
+# Compiled for sm_90 on this machine (triton ships ptxas): the setting must change the code,
+# tensor-core MMAs for tf32 and none for ieee, which the interpreter cannot show.
+_COMPILE = """
+import sys
+sys.path.insert(0, {scripts!r})
+import inspect_kernel as ik
+for precision in ("tf32", "ieee"):
+    ptx = ik.compile_config(ik.tf.LaunchConfig(64, 32, 4, 2), 64, "fp32", True, precision).asm["ptx"]
+    print(precision, ptx.count("wgmma.mma_async"), ptx.count("fma.rn.f32"))
+"""
+
+
+@pytest.mark.skipif(not INTERPRET, reason="the GPU tests run the kernels themselves")
+def test_fp32_precision_compiles_to_tensor_cores_or_fmas_for_sm90() -> None:
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _COMPILE.format(scripts=str(scripts))],
+                          capture_output=True, text=True, env=env, timeout=300)
+    if done.returncode != 0 and "ptxas" in done.stderr:
+        pytest.skip(f"cannot compile for sm_90 here: {done.stderr.splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    counts = {p: (int(mma), int(fma)) for p, mma, fma in
+              (line.split() for line in done.stdout.splitlines())}
+    assert counts["tf32"][0] > 0, counts  # wgmma on TF32 operands
+    assert counts["ieee"][0] == 0 and counts["ieee"][1] > 1000, counts  # every product an FMA
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="checks the compiled kernel, not the interpreter")
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_gpu_fp32_ieee_is_as_accurate_as_sdpa_math(head_dim: int, causal: bool) -> None:
+    # fp32_precision="ieee": every tuned configuration within twice (plus 1e-6) the error of
+    # SDPA's math backend in IEEE fp32, against a float64 reference; "tf32" is far above it.
+    q, k, v = make_inputs(2, 8, 2, 1000, 1000, head_dim, F32, device="cuda", seed=head_dim)
+    scale = 1.0 / math.sqrt(head_dim)
+    ref, _ = reference(q, k, v, causal=causal, scale=scale, dtype=torch.float64, device="cuda")
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+        math_out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, scale=scale, enable_gqa=True)
+    math_err = ((math_out.double() - ref).norm() / ref.norm()).item()
+    for config in triton_flash.candidate_configs(head_dim, F32, "ieee"):
+        out, _ = attention_forward(q, k, v, causal=causal, scale=scale, config=config,
+                                   fp32_precision="ieee")
+        err = ((out.double() - ref).norm() / ref.norm()).item()
+        assert err <= 2 * math_err + 1e-6, f"{config}: {err:.3e} vs SDPA math {math_err:.3e}"
+    tf32, _ = attention_forward(q, k, v, causal=causal, scale=scale, fp32_precision="tf32")
+    assert ((tf32.double() - ref).norm() / ref.norm()).item() > 10 * max(err, 1e-7)

@@ -8,7 +8,9 @@ import os
 import pytest
 import torch
 
+from flashbench.kernels import triton_flash_bwd
 from flashbench.kernels.triton_flash import attention
+from kernel_inputs import LaunchSpy
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = "cpu" if INTERPRET else "cuda"
@@ -81,3 +83,39 @@ def test_gpu_gradients_within_twice_sdpa(hkv, n, d, dtype, causal):
         err = ((a.cpu().double() - r).norm() / r.norm()).item()
         sdpa_err = ((b_.cpu().double() - r).norm() / r.norm()).item()
         assert err <= 2 * sdpa_err + 1e-4, f"d{name}: {err:.2e} vs SDPA {sdpa_err:.2e}"
+
+
+@pytest.mark.parametrize(("dtype", "setting", "launched"), [(F32, "ieee", "ieee"),
+                                                            (F32, "tf32", "tf32"),
+                                                            (F16, "ieee", "tf32")])
+def test_fp32_precision_reaches_both_backward_kernels(monkeypatch, dtype, setting, launched):
+    spies = {name: LaunchSpy(getattr(triton_flash_bwd, name))
+             for name in ("_dkdv_kernel", "_dq_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(triton_flash_bwd, name, spy)
+    q = torch.randn(1, 2, 20, 32, device=DEVICE, dtype=dtype, requires_grad=True)
+    out = attention(q, q, q, causal=True, scale=0.2, fp32_precision=setting)
+    torch.autograd.grad(out, q, torch.ones_like(out))
+    assert {name: [s["DOT_PRECISION"] for s in spy.launches] for name, spy in spies.items()} \
+        == {"_dkdv_kernel": [launched], "_dq_kernel": [launched]}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="checks the compiled kernel, not the interpreter")
+@pytest.mark.parametrize("causal", [False, True])
+def test_gpu_fp32_ieee_gradients_as_accurate_as_sdpa_math(causal):
+    gen = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, hh, 777, 64, generator=gen).to("cuda").requires_grad_()
+               for hh in (8, 2, 2))
+    dout = torch.randn(2, 8, 777, 64, generator=gen).to("cuda")
+    ref = reference(q, k, v, dout, causal=causal, scale=0.125)
+    ours = torch.autograd.grad(attention(q, k, v, causal=causal, scale=0.125,
+                                         fp32_precision="ieee"), (q, k, v), dout)
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+        math_out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, scale=0.125, enable_gqa=True)
+    theirs = torch.autograd.grad(math_out, (q, k, v), dout)
+    for name, a, b_, r in zip("qkv", ours, theirs, ref):
+        err = ((a.cpu().double() - r).norm() / r.norm()).item()
+        math_err = ((b_.cpu().double() - r).norm() / r.norm()).item()
+        assert err <= 2 * math_err + 1e-6, f"d{name}: {err:.2e} vs SDPA math {math_err:.2e}"

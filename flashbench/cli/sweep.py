@@ -29,6 +29,11 @@ INTERLEAVE = typer.Option(None, "--interleave/--no-interleave",
                           help="Time the backends of each shape in alternating rounds, so that "
                                "a clock change hits them alike, or one after another "
                                "[default: interleave].")
+THREADS = typer.Option(None, min=1, help="CPU only: torch threads while timing (timing.threads) "
+                                         "[default: 1; in a config, null: torch's default].")
+FP32_PRECISION = typer.Option(None, "--fp32-precision", metavar="tf32|ieee",
+                              help="How our Triton kernels multiply fp32 inputs on a GPU: TF32 "
+                                   "tensor cores or full IEEE fp32 [default: tf32].")
 CASE_TIMEOUT = typer.Option(None, "--case-timeout",
                             help="Seconds one case may take before its worker is killed and the "
                                  "case recorded as a timeout [default: 600].")
@@ -63,7 +68,9 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
         causal: Optional[bool] = shape_flag("causal"), mode: Optional[str] = shape_flag("mode"),
         device: Optional[str] = DEVICE, l2: Optional[str] = L2,
         budget_ms: Optional[float] = BUDGET_MS, timer: Optional[str] = TIMER,
-        interleave: Optional[bool] = INTERLEAVE, case_timeout: Optional[float] = CASE_TIMEOUT,
+        interleave: Optional[bool] = INTERLEAVE, threads: Optional[int] = THREADS,
+        fp32_precision: Optional[str] = FP32_PRECISION,
+        case_timeout: Optional[float] = CASE_TIMEOUT,
         plugin: Optional[list[Path]] = PLUGINS, resume: Optional[str] = RESUME,
         isolate: bool = ISOLATE, devices: Optional[str] = DEVICES, shard: Optional[str] = SHARD,
         out: Path = OUT, progress: bool = PROGRESS, strict: bool = STRICT, wait: bool = WAIT,
@@ -81,6 +88,7 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
         "dtype": str_list(dtype), "causal": None if causal is None else [causal],
         "mode": str_list(mode), "device": device, "l2": l2, "budget_ms": budget_ms,
         "case_timeout_s": case_timeout, "timer": timer, "interleave": interleave,
+        "threads": threads, "fp32_precision": fp32_precision,
     }
     from flashbench.sweep.launch import SweepRequest, launch
     from flashbench.sweep.runner import Interrupted, SweepFailed, SweepOptions

@@ -12,7 +12,7 @@ own callables::
         ...  # q: (batch, heads, seq, head_dim); k, v: (batch, kv_heads, kv_len, head_dim)
 
 A plugin may also give ``unsupported(case) -> reason | None``, ``resolve(q, k, v, *, causal)
--> name`` and ``baseline=True``, or register a *prepare* function (``prepare=True``) that takes
+-> name``, ``baseline=True`` and ``fp32_matmul`` (how it multiplies fp32 inputs), or register a *prepare* function (``prepare=True``) that takes
 the same arguments and returns the zero-argument call to time, so that its set-up (compiling,
 tuning) stays outside every sample.
 """
@@ -27,11 +27,19 @@ from typing import Any, Callable, Literal, TypeVar
 
 from flashbench.core.cases import Case
 
-__all__ = ["Algorithm", "BackendSpec", "Family", "algorithm_of", "backends", "baseline_names",
-           "builtin_names", "names", "plugin_specs", "register_backend", "restore_plugins"]
+__all__ = ["FP32_MATMULS", "Algorithm", "BackendSpec", "Family", "Fp32Matmul", "algorithm_of",
+           "backends", "baseline_names", "builtin_names", "names", "plugin_specs",
+           "register_backend", "restore_plugins"]
 
 Family = Literal["triton", "sdpa", "naive", "plugin"]
 Algorithm = Literal["flash", "naive", "math"]  # traffic models, flashbench.core.costs
+# How a backend multiplies fp32 inputs on a GPU, which decides a row's matmul_precision
+# (flashbench.measure.backends.matmul_precision). "ieee" and "tf32": always so; "sweep": as
+# the config's fp32_precision says (our kernels); "torch": as torch's cuBLAS setting says
+# (torch.backends.cuda.matmul) when the row is measured; "cudnn": as torch's cuDNN setting
+# says; "resolved": as the backend SDPA's dispatch picked. On a CPU, torch multiplies in IEEE.
+Fp32Matmul = Literal["ieee", "tf32", "sweep", "torch", "cudnn", "resolved"]
+FP32_MATMULS: tuple[str, ...] = ("ieee", "tf32", "torch")  # what a plugin may declare
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Names travel through comma-separated flags, table headers and file names.
@@ -53,24 +61,30 @@ class BackendSpec:
     prepares: bool = False
     unsupported: Callable[[Case], str | None] | None = None
     resolve: Callable[..., str] | None = None
+    fp32_matmul: Fp32Matmul | None = None  # None: not declared (a plugin's rows say null)
 
 
 _SDPA = "flashbench.kernels.sdpa"  # imports torch._dynamo: seconds
+# fp32 on a GPU: FlashAttention-2 has no fp32 kernel (SDPA refuses, and on a CPU its flash
+# path is torch's own IEEE code); the memory-efficient kernel's CUTLASS GEMMs run fp32 as
+# 3xTF32 from sm_80 on (OpMultiplyAddFastF32, fp32-accurate) and as SIMT FMAs before, whatever
+# torch's TF32 flags say; the math backend and naive are cuBLAS matmuls.
 _BUILTINS: tuple[BackendSpec, ...] = (
     BackendSpec("triton", "triton", "flashbench's Triton FlashAttention-2 kernels",
-                preload="flashbench.kernels.triton_flash"),
+                preload="flashbench.kernels.triton_flash", fp32_matmul="sweep"),
     BackendSpec("sdpa", "sdpa", "PyTorch SDPA, its own choice of backend", baseline=True,
-                preload=_SDPA),
+                preload=_SDPA, fp32_matmul="resolved"),
     BackendSpec("sdpa-flash", "sdpa", "PyTorch SDPA forced to its FlashAttention-2 backend",
-                baseline=True, preload=_SDPA),
+                baseline=True, preload=_SDPA, fp32_matmul="ieee"),
     BackendSpec("sdpa-efficient", "sdpa",
                 "PyTorch SDPA forced to its memory-efficient (xformers) backend", baseline=True,
-                preload=_SDPA),
+                preload=_SDPA, fp32_matmul="ieee"),
     BackendSpec("sdpa-cudnn", "sdpa", "PyTorch SDPA forced to its cuDNN backend", baseline=True,
-                preload=_SDPA),
+                preload=_SDPA, fp32_matmul="cudnn"),
     BackendSpec("sdpa-math", "sdpa", "PyTorch SDPA forced to its math (materialized) backend",
-                algorithm="math", baseline=True, preload=_SDPA),
-    BackendSpec("naive", "naive", "materialized S and P, softmax in fp32", algorithm="naive"),
+                algorithm="math", baseline=True, preload=_SDPA, fp32_matmul="torch"),
+    BackendSpec("naive", "naive", "materialized S and P, softmax in fp32", algorithm="naive",
+                fp32_matmul="torch"),
 )
 _BUILTIN_BY_NAME = {b.name: b for b in _BUILTINS}
 _PLUGINS: dict[str, BackendSpec] = {}
@@ -83,18 +97,24 @@ def _source_of(fn: Callable[..., Any]) -> str:
 
 def register_backend(name: str, *, description: str | None = None, baseline: bool = False,
                      prepare: bool = False, unsupported: Callable[[Case], str | None] | None = None,
-                     resolve: Callable[..., str] | None = None) -> Callable[[F], F]:
+                     resolve: Callable[..., str] | None = None,
+                     fp32_matmul: str | None = None) -> Callable[[F], F]:
     """Register the decorated function as backend ``name``; it then runs like a built-in one.
 
     The function is ``fn(q, k, v, *, causal, scale) -> out``, or with ``prepare=True`` a
     function of the same arguments returning the zero-argument call to time. ``description``
-    defaults to the first line of its docstring.
+    defaults to the first line of its docstring. ``fp32_matmul`` says how it multiplies fp32
+    inputs, for its rows' ``matmul_precision``: "ieee", "tf32", or "torch" (torch matmuls,
+    which follow torch's TF32 setting); None leaves the field null.
     """
     if not isinstance(name, str) or not _VALID_NAME.match(name):
         raise ValueError(f"backend name {name!r} must be 1-64 letters, digits or . _ + - "
                          f"(starting with a letter or digit)")
     if name in _BUILTIN_BY_NAME:
         raise ValueError(f"backend name {name!r} is a built-in backend; choose another")
+    if fp32_matmul is not None and fp32_matmul not in FP32_MATMULS:
+        raise ValueError(f"register_backend({name!r}): fp32_matmul {fp32_matmul!r} is not one "
+                         f"of {', '.join(FP32_MATMULS)} (or None)")
 
     def decorate(fn: F) -> F:
         if not callable(fn):
@@ -108,7 +128,7 @@ def register_backend(name: str, *, description: str | None = None, baseline: boo
         text = description or (doc[0] if doc else f"plugin from {Path(source).name}")
         _PLUGINS[name] = BackendSpec(name, "plugin", text, baseline=baseline, source=source,
                                      call=fn, prepares=prepare, unsupported=unsupported,
-                                     resolve=resolve)
+                                     resolve=resolve, fp32_matmul=fp32_matmul)  # type: ignore[arg-type]
         return fn
 
     return decorate

@@ -21,7 +21,9 @@ from flashbench.core.registry import BackendSpec
 
 __all__ = ["Backend", "Prepare", "get_backend", "registry", "torch_dtype"]
 
-Prepare = Callable[..., Callable[[], torch.Tensor]]  # (q, k, v, *, causal, scale) -> run()
+# (q, k, v, *, causal, scale) -> run(); a backend declared fp32_matmul="sweep" (ours) also
+# takes fp32_precision, the config's "tf32" or "ieee".
+Prepare = Callable[..., Callable[[], torch.Tensor]]
 
 _TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -84,10 +86,12 @@ def _triton(spec: BackendSpec) -> Backend:
             heads=case.heads, kv_heads=case.kv_heads, seq_len=case.seq_len, kv_len=case.kv_len,
             head_dim=case.head_dim, dtype=torch_dtype(case.dtype), causal=case.causal)
 
-    def prepare(q, k, v, *, causal: bool, scale: float) -> Callable[[], torch.Tensor]:
+    def prepare(q, k, v, *, causal: bool, scale: float,
+                fp32_precision: str = "tf32") -> Callable[[], torch.Tensor]:
         from flashbench.kernels import triton_flash
 
-        return triton_flash.prepare(q, k, v, causal=causal, scale=scale)
+        return triton_flash.prepare(q, k, v, causal=causal, scale=scale,
+                                    fp32_precision=fp32_precision)
 
     def resolve(q, k, v, *, causal: bool) -> str:
         from flashbench.kernels import triton_flash

@@ -13,6 +13,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,8 +27,9 @@ from flashbench.core.roofline import roofline_fields
 from flashbench.core.rows import blank_row
 from flashbench.core.stats import summarize
 from flashbench.measure.backends import Backend, get_backend, torch_dtype
-from flashbench.measure.reference import (REFERENCE_CHUNK_BYTES, TOLERANCE, errors,
-                                          reference_attention, reference_gradients)
+from flashbench.measure.precision import ieee_matmuls, matmul_precision
+from flashbench.measure.reference import (REFERENCE_CHUNK_BYTES, errors, reference_attention,
+                                          reference_gradients, tolerance)
 from flashbench.measure.telemetry import memory_used_bytes
 
 __all__ = ["Prepared", "Refused", "case_call", "fail", "finish_row", "make_inputs", "mode_call",
@@ -66,9 +68,11 @@ class Prepared:
 
 
 def prepare_case(case: Case, device: torch.device, policy: TimingPolicy,
-                 nvml_handle: Any | None = None) -> tuple[dict[str, Any], Prepared | None]:
+                 nvml_handle: Any | None = None, fp32_precision: str = "tf32"
+                 ) -> tuple[dict[str, Any], Prepared | None]:
     """A case up to its timing: the row, and what to time (None when the row is final: the
-    backend refused, ran out of memory or failed; its status says which)."""
+    backend refused, ran out of memory or failed; its status says which). ``fp32_precision``
+    (the config's) is how our kernels multiply fp32 inputs."""
     row = blank_row(case, str(device), policy.l2)
     backend = get_backend(case.backend)
     reason = backend.unavailable(device) or backend.unsupported(case)
@@ -79,7 +83,8 @@ def prepare_case(case: Case, device: torch.device, policy: TimingPolicy,
         return row | {"status": Status.OOM, "error": reason}, None
     _release(device)
     try:
-        calls = _prepare_into(row, case, backend, device, policy, nvml_handle)
+        calls = _prepare_into(row, case, backend, device, policy, nvml_handle,
+                              fp32_precision)
     except Exception as e:  # any failure is this case's status; the sweep goes on
         fail(row, e)
         _release(device)
@@ -177,12 +182,16 @@ def _grad_output(case: Case, q: torch.Tensor) -> torch.Tensor:
 
 
 def _prepared_call(case: Case, backend: Backend, q: torch.Tensor, k: torch.Tensor,
-                   v: torch.Tensor, dout: torch.Tensor | None) -> Callable[[], Any]:
+                   v: torch.Tensor, dout: torch.Tensor | None,
+                   fp32_precision: str = "tf32") -> Callable[[], Any]:
     """The backend prepared for the inputs (may tune and compile), as the mode's call."""
     if dout is not None:
         for t in (q, k, v):
             t.requires_grad_()
-    fn = backend.prepare(q, k, v, causal=case.causal, scale=1.0 / math.sqrt(case.head_dim))
+    # Only a backend that follows the sweep's setting (ours) takes it; plugins never see it.
+    extra = {"fp32_precision": fp32_precision} if backend.spec.fp32_matmul == "sweep" else {}
+    fn = backend.prepare(q, k, v, causal=case.causal, scale=1.0 / math.sqrt(case.head_dim),
+                         **extra)
     return mode_call(fn, case.mode, (q, k, v), dout)
 
 
@@ -204,11 +213,15 @@ def _references(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """What the case's result is checked against: the output, or (backward modes) the
     gradients; float32 on a GPU, float64 on a CPU."""
     scale = 1.0 / math.sqrt(case.head_dim)
-    dtype = torch.float32 if q.device.type == "cuda" else torch.float64
-    if dout is None:
-        return (reference_attention(q, k, v, causal=case.causal, scale=scale, dtype=dtype),)
-    # Gradients are checked; the forward's output is checked by the fwd mode.
-    return reference_gradients(q, k, v, dout, causal=case.causal, scale=scale, dtype=dtype)[1:]
+    cuda = q.device.type == "cuda"
+    dtype = torch.float32 if cuda else torch.float64
+    # A float32 reference in TF32 (a program that turned it on) would be no reference.
+    with ieee_matmuls() if cuda else nullcontext():
+        if dout is None:
+            return (reference_attention(q, k, v, causal=case.causal, scale=scale, dtype=dtype),)
+        # Gradients are checked; the forward's output is checked by the fwd mode.
+        return reference_gradients(q, k, v, dout, causal=case.causal, scale=scale,
+                                   dtype=dtype)[1:]
 
 
 def _first_call_with_memory(row: dict[str, Any], run: Callable[[], Any], case: Case,
@@ -242,31 +255,37 @@ def _worst_errors(results: tuple[torch.Tensor, ...], refs: tuple[torch.Tensor, .
 
 
 def _prepare_into(row: dict[str, Any], case: Case, backend: Backend, device: torch.device,
-                  policy: TimingPolicy, nvml_handle: Any | None) -> list[Callable[[], Any]]:
+                  policy: TimingPolicy, nvml_handle: Any | None, fp32_precision: str
+                  ) -> list[Callable[[], Any]]:
     q, k, v = make_inputs(case, device)
     dout = None if case.mode is Mode.FWD else _grad_output(case, q)
     refs = _references(case, q, k, v, dout)
     # Preparing may autotune and compile (our Triton kernel): timed apart from the samples.
     started = time.perf_counter()
-    run = _prepared_call(case, backend, q, k, v, dout)
+    run = _prepared_call(case, backend, q, k, v, dout, fp32_precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row["setup_ms"] = (time.perf_counter() - started) * 1e3
     result = _first_call_with_memory(row, run, case, device, nvml_handle)
     row["resolved_backend"] = backend.resolve(q, k, v, causal=case.causal) \
         if backend.resolve is not None else case.backend
+    # torch's TF32 flags as they are now, while the case runs.
+    row["matmul_precision"] = matmul_precision(backend.spec, case.dtype, device,
+                                               row["resolved_backend"], fp32_precision)
     max_abs, rel = _worst_errors((result,) if case.mode is Mode.FWD else tuple(result), refs)
     row.update(max_abs_err=max_abs, rel_err=rel)
-    if rel <= TOLERANCE[case.dtype]:  # False for NaN as well
+    allowed = tolerance(case.dtype, row["matmul_precision"])
+    if rel <= allowed:  # False for NaN as well
         row.update(status=Status.OK)
     else:
+        how = f" ({row['matmul_precision']} products)" if row["matmul_precision"] else ""
         row.update(status=Status.MISMATCH,
-                   error=f"relative error {rel:.3g} above the {case.dtype} tolerance "
-                         f"{TOLERANCE[case.dtype]:g}")
+                   error=f"relative error {rel:.3g} above the {case.dtype}{how} tolerance "
+                         f"{allowed:g}")
     del result, refs
     calls = [run]
     for copy in range(1, _input_copies(case, device, policy, (q, k, v, dout))):
-        calls.append(_copy_call(case, backend, device, copy))
+        calls.append(_copy_call(case, backend, device, copy, fp32_precision))
     return calls
 
 
@@ -285,12 +304,12 @@ def _input_copies(case: Case, device: torch.device, policy: TimingPolicy,
     return max(1, min(MAX_INPUT_COPIES, math.ceil(2 * l2_bytes(device) / max(nbytes, 1))))
 
 
-def _copy_call(case: Case, backend: Backend, device: torch.device, copy: int
-               ) -> Callable[[], Any]:
+def _copy_call(case: Case, backend: Backend, device: torch.device, copy: int,
+               fp32_precision: str) -> Callable[[], Any]:
     """The case's call on a fresh copy of its inputs (other values: nothing to share a cache)."""
     q, k, v = make_inputs(case, device, seed=case.seed + 7919 * copy)
     run = _prepared_call(case, backend, q, k, v,
-                         None if case.mode is Mode.FWD else _grad_output(case, q))
+                         None if case.mode is Mode.FWD else _grad_output(case, q), fp32_precision)
     run()
     return run
 

@@ -8,7 +8,7 @@ import torch
 
 from flashbench.core.errors import UserError
 
-__all__ = ["select_device"]
+__all__ = ["select_device", "use_threads"]
 
 DEVICES = ("auto", "cuda", "cpu")
 
@@ -26,3 +26,17 @@ def select_device(name: str) -> torch.device:
         # Must precede the first import of triton, which decides at import time.
         os.environ.setdefault("TRITON_INTERPRET", "1")
     return torch.device(name, torch.cuda.current_device()) if name == "cuda" else torch.device(name)
+
+
+def use_threads(device: torch.device, threads: int | None) -> None:
+    """On a CPU, the torch threads a sweep times with (``timing.threads``): intra-op, and
+    inter-op while torch still allows it (only before the process's first inter-op work).
+    None keeps torch's default (one per core); on a GPU nothing changes, as the CPU threads
+    only launch kernels there. The environment record says what torch uses afterwards."""
+    if device.type != "cpu" or threads is None:
+        return
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # set already, or inter-op work has begun: intra-op is what matters
+        pass

@@ -56,7 +56,8 @@ def make_sampler(prepared: Prepared, device: torch.device, policy: TimingPolicy)
 
 def measure_group(cases: Sequence[Case], device: torch.device, policy: TimingPolicy,
                   nvml_handle: Any | None = None, ceilings: dict[str, Any] | None = None,
-                  tainted: Callable[[int], bool] | None = None) -> Iterator[Event]:
+                  tainted: Callable[[int], bool] | None = None, fp32_precision: str = "tf32"
+                  ) -> Iterator[Event]:
     """Measure ``cases`` (one shape's backends, or any cases), yielding events as above.
 
     ``tainted(i)``, asked after case i is prepared, says whether it left this process unfit
@@ -65,7 +66,7 @@ def measure_group(cases: Sequence[Case], device: torch.device, policy: TimingPol
     prepared: dict[int, Prepared] = {}
     for i, case in enumerate(cases):
         yield Event("start", i)
-        row, ready = prepare_case(case, device, policy, nvml_handle)
+        row, ready = prepare_case(case, device, policy, nvml_handle, fp32_precision)
         if tainted is not None and tainted(i):
             for p in prepared.values():
                 p.calls.clear()
@@ -162,9 +163,10 @@ def _final_row(p: Prepared, sampled: Sampled, timer: str | None, telemetry: dict
 
 
 def measure_case(case: Case, device: torch.device, policy: TimingPolicy,
-                 nvml_handle: Any | None = None,
-                 ceilings: dict[str, Any] | None = None) -> dict[str, Any]:
+                 nvml_handle: Any | None = None, ceilings: dict[str, Any] | None = None,
+                 fp32_precision: str = "tf32") -> dict[str, Any]:
     """One case alone, end to end; always returns a row, whatever happened."""
-    rows = [e.row for e in measure_group([case], device, policy, nvml_handle, ceilings)
+    rows = [e.row for e in measure_group([case], device, policy, nvml_handle, ceilings,
+                                         fp32_precision=fp32_precision)
             if e.kind == "row"]
     return rows[-1]

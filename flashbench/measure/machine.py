@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,12 @@ def capture_environment(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
+        # Load averages count runnable tasks machine-wide, so the busy check needs every CPU,
+        # not this process's affinity (flashbench.core.load).
+        "cpu_count": os.cpu_count(),
+        # What torch times with in this process (timing.threads sets them on a CPU first).
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from flashbench.output.formats import binary_size, number
-from flashbench.output.machine import environment_items
+from flashbench.output.machine import environment_items, load_items
 
 __all__ = ["render_html"]
 
@@ -137,6 +137,9 @@ def _environment(meta: dict[str, Any]) -> str:
     config = meta.get("config")
     if isinstance(config, dict) and config.get("name"):
         items.append(("config", config["name"]))
+    if isinstance(config, dict) and config.get("fp32_precision"):
+        items.append(("fp32 precision (our kernels)", config["fp32_precision"]))
+    items += load_items(meta)
     items += environment_items(meta.get("environment") or {})
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th>"
                    f"<td>{html.escape(_env_value(str(k), v))}</td></tr>" for k, v in items)

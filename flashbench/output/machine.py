@@ -7,11 +7,12 @@ from typing import Any
 from rich.text import Text
 
 from flashbench.core.cases import Status
+from flashbench.core.load import busy_note
 
 from flashbench.output.fit import Column, Grid
 
 __all__ = ["backends_grid", "ceilings_grid", "ceilings_text", "environment_grid",
-           "environment_items", "kernels_grid", "profile_grid"]
+           "environment_items", "kernels_grid", "load_items", "load_text", "profile_grid"]
 
 
 def _rate(value: float) -> str:
@@ -59,6 +60,36 @@ def environment_items(env: dict[str, Any]) -> list[tuple[str, Any]]:
         else:
             items.append((key, value))
     return items
+
+
+def _loads(value: Any) -> str | None:
+    if not isinstance(value, list):
+        return None
+    return ", ".join(f"{x:.2f}" if isinstance(x, (int, float)) else str(x) for x in value)
+
+
+def load_items(meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The machine's load around a run (meta.json's load_before and load_after, each resumed
+    session's too) as (label, value) lines, and the busy warning when there is one."""
+    sessions = [("", meta, None)] + [
+        (f" (resumed {s.get('at', '')})", s, s) for s in meta.get("resumed") or []
+        if isinstance(s, dict)]
+    items: list[tuple[str, Any]] = []
+    for suffix, where, session in sessions:
+        for key in ("load_before", "load_after"):
+            text = _loads(where.get(key))
+            if text is not None:
+                items.append((f"load average {key.removeprefix('load_')}{suffix} "
+                              f"(1, 5, 15 min)", text))
+        busy = busy_note(meta, session)
+        if busy:
+            items.append((f"busy{suffix}", busy.removeprefix("warning: ")))
+    return items
+
+
+def load_text(meta: dict[str, Any]) -> str:
+    """The run's load averages on one line, for a report (empty without figures)."""
+    return "; ".join(f"{label}: {value}" for label, value in load_items(meta))
 
 
 def environment_grid(env: dict[str, Any]) -> Grid:

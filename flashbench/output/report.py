@@ -14,7 +14,7 @@ from flashbench.results.compare import compare_backends
 from flashbench.core.errors import UserError
 from flashbench.core.rows import finite_or_none
 from flashbench.output.formats import milliseconds, number, shape_value
-from flashbench.output.machine import ceilings_text
+from flashbench.output.machine import ceilings_text, load_text
 from flashbench.output.tables import (backends_display, fixed_shape, legend, markdown_table,
                                       results_frame, varying_shape_fields)
 from flashbench.results.clocks import off_clock, run_clock
@@ -25,7 +25,8 @@ __all__ = ["FORMATS", "PLOT_HINT", "headline_table", "machine_table", "plots_ava
 FORMATS = ("csv", "markdown", "json", "html")
 # The columns of the HTML page's full table; the CSV keeps every field.
 _HTML_COLUMNS = ("backend", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len",
-                 "head_dim", "dtype", "causal", "status", "resolved_backend", "median_ms",
+                 "head_dim", "dtype", "causal", "status", "resolved_backend",
+                 "matmul_precision", "median_ms",
                  "tflops", "pct_peak_flops", "gbps", "pct_peak_bw", "arith_intensity",
                  "peak_alloc_bytes", "rel_err", "sm_clock_mhz", "mem_clock_mhz", "power_w",
                  "temp_c", "throttle", "error")
@@ -103,10 +104,12 @@ def headline_table(side_by_side: pd.DataFrame) -> pd.DataFrame:
 def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any], side_by_side: pd.DataFrame,
               display: pd.DataFrame) -> str:
     env = meta.get("environment", {})
+    load = load_text(meta)
     return (f"# flashbench run {meta.get('run_id', '')} on {_where(meta)}\n\n"
             f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
             f"driver {env.get('driver')}, commit {env.get('git_commit')}; "
             f"{fixed_shape(side_by_side)}\n\n"
+            + (f"{load[:1].upper()}{load[1:]}.\n\n" if load else "") +
             f"{markdown_table(display)}\n{legend(display)}\n\n"
             f"## Each case against the card\n\nCeilings: {ceilings_text(env.get('ceilings'))}."
             f"\n\n{markdown_table(machine_table(rows))}\n"

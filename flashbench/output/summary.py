@@ -7,6 +7,7 @@ from typing import Any
 
 from flashbench.core.cases import FAILED, RunStatus
 from flashbench.core.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from flashbench.core.load import busy_note
 from flashbench.output.fit import Grid
 from flashbench.output.tables import failure_notes, sweep_table
 from flashbench.results.clocks import telemetry_notes
@@ -29,6 +30,11 @@ def summarize_sweep(run_dir: Any, rows: list[dict[str, Any]], meta: dict[str, An
     name = meta["config"].get("name", "custom")
     table = sweep_table(rows, title=f"flashbench {name} on {where}") if rows else None
     notes = failure_notes(rows) + telemetry_notes(rows)
+    # This session's load (a resumed session's figures are in its own entry); a resume that
+    # measured nothing has none.
+    busy = busy_note(meta, meta["resumed"][-1] if resumed and meta.get("resumed") else None)
+    if busy and measured:
+        notes.append(busy)
     if env.get("gpu_uuid") and not env.get("ceilings"):
         notes.append("note: this GPU is not calibrated; `flashbench calibrate` measures its "
                      "ceilings, and later runs report pct_peak_flops and pct_peak_bw")

@@ -2,8 +2,8 @@
 
 Every table is built as data here (a ``Grid``, or a frame of display strings); flashbench.output.fit
 fits a Grid to the terminal. Cells carry the same marks everywhere: ``*`` fastest, ``~`` noisy,
-``!`` throttled or off the run's clock, ``✗`` result outside tolerance; a speedup, ``±`` when
-its interval is wide.
+``!`` throttled or off the run's clock, ``†`` fp32 multiplied in TF32, ``✗`` result outside
+tolerance; a speedup, ``±`` when its interval is wide.
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ __all__ = ["SHAPE_FIELDS", "backends_display", "failure_notes", "fixed_shape", "
            "legend", "markdown_table", "results_frame", "runs_display", "sweep_table",
            "to_grid", "varying_shape_fields"]
 
-FASTEST, NOISY, THROTTLED, MISMATCH, WIDE = "*", "~", "!", "✗", "±"
+FASTEST, NOISY, THROTTLED, TF32, MISMATCH, WIDE = "*", "~", "!", "†", "✗", "±"
+# A TF32 row's error is 2-3 orders above an IEEE fp32 one's, and its time is a tensor-core
+# time: a reader comparing fp32 cells must see which were which.
 _MARK_TEXT = ((FASTEST, "* fastest"), (NOISY, "~ noisy (IQR/median > 5%)"),
               (THROTTLED, "! throttled or SM clock off the run's median"),
+              (TF32, "† fp32 products in TF32 (relative error ~1e-3)"),
               (MISMATCH, "✗ result outside tolerance"),
               (WIDE, f"± speedup's 95% interval wider than {WIDE_SPEEDUP_INTERVAL:.0%} of it"))
 _STATUS_MARK = {Status.UNSUPPORTED: ("n/a", "dim"), Status.OOM: ("OOM", "bold red"),
@@ -82,6 +85,7 @@ def _sweep_cells(r: dict[str, Any] | None, fastest: float | None, clock: float |
         return line
     marks = (FASTEST if r["median_ms"] == fastest else "") \
         + (THROTTLED if off_clock(r, clock) else "") \
+        + (TF32 if r.get("matmul_precision") == "tf32" else "") \
         + (MISMATCH if r["status"] == Status.MISMATCH else "")
     seen.update(marks)
     values = {"tflops": number(r["tflops"], missing="–"),
@@ -152,7 +156,7 @@ def _backend_ms(r: pd.Series, b: str) -> str:
     if is_missing(median):
         return str(status)
     marks = (FASTEST if r["fastest"] == b else "") + (NOISY if r[f"{b}:noisy"] else "") \
-        + (THROTTLED if r[f"{b}:throttled"] else "")
+        + (THROTTLED if r[f"{b}:throttled"] else "") + (TF32 if r.get(f"{b}:tf32") else "")
     return milliseconds(median) + marks + (f" {MISMATCH}" if status == Status.MISMATCH else "")
 
 
@@ -232,7 +236,8 @@ def _styled(col: str, value: Any) -> Text:
         style = _VERDICT_STYLE.get(text, "")
     elif col.endswith("ms") and MISMATCH in text:
         style = "bold red"
-    elif col.endswith("ms") and text.split(" ")[0].rstrip(NOISY + THROTTLED).endswith(FASTEST):
+    elif col.endswith("ms") and text.split(" ")[0].rstrip(NOISY + THROTTLED + TF32).endswith(
+            FASTEST):
         style = "bold green"
     elif col.endswith("ms") and text and not text[0].isdigit():
         style = "dim" if text == Status.UNSUPPORTED else "red"

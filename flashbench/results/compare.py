@@ -85,7 +85,8 @@ def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) ->
     rounds (0: unpaired) and ``wide`` marks an interval wider than WIDE_SPEEDUP_INTERVAL of
     the speedup. Each backend also gets its status and flags (``noisy``: IQR/median above
     NOISY_IQR_OVER_MEDIAN; ``throttled``: NVML reported throttling or the SM clock strayed
-    from the run's median), and ``fastest`` names the fastest backend.
+    from the run's median; ``tf32``: its fp32 products ran in TF32), and ``fastest`` names
+    the fastest backend.
     """
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     baselines = set(registry.baseline_names())
@@ -108,6 +109,7 @@ def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) ->
             record.update(_speedup_fields(b, base, cells, t))
             record[f"{b}:noisy"] = bool(r and t and _is_noisy(r))
             record[f"{b}:throttled"] = bool(r and t and off_clock(r, clock))
+            record[f"{b}:tf32"] = bool(r and t and r.get("matmul_precision") == "tf32")
         records.append(record)
     return pd.DataFrame.from_records(records)
 

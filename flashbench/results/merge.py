@@ -171,7 +171,9 @@ def _merged_meta(shards: list[_Shard], out: Path, rows: list[dict[str, Any]],
                       "finished_at": s.meta.get("finished_at"),
                       "gpu_name": s.meta.get("environment", {}).get("gpu_name"),
                       "gpu_uuid": s.meta.get("environment", {}).get("gpu_uuid"),
-                      "devices": s.meta.get("devices")} for s in shards],
+                      "devices": s.meta.get("devices"),
+                      "load_before": s.meta.get("load_before"),
+                      "load_after": s.meta.get("load_after")} for s in shards],
         },
     }
 

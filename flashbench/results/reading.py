@@ -75,6 +75,10 @@ _META_KEYS: dict[str, tuple[Any, str]] = {
         isinstance(d, dict) and isinstance(d.get("device"), str) for d in v),
         "a list of mappings, each naming its device"),
     "resumed": (lambda v: isinstance(v, list), "a list"),
+    **{key: (lambda v: v is None or isinstance(v, list) and len(v) == 3
+             and all(_is_number(x) for x in v),
+             "null or the 1-, 5- and 15-minute load averages") for key in ("load_before",
+                                                                        "load_after")},
 }
 
 

@@ -88,9 +88,11 @@ class WorkerExecutor:
     def __init__(self, device: str, plugins: list[str], backends: list[str],
                  timing: TimingPolicy, interrupt: Interrupt,
                  startup_timeout_s: float = STARTUP_TIMEOUT_S, env: dict[str, str] | None = None,
-                 wait: bool = True, plugin_timeout_s: float = STARTUP_TIMEOUT_S):
+                 wait: bool = True, plugin_timeout_s: float = STARTUP_TIMEOUT_S,
+                 fp32_precision: str = "tf32"):
         self._hello = {"kind": "hello", "device": device, "plugins": list(plugins),
-                       "backends": list(backends), "timing": timing.model_dump()}
+                       "backends": list(backends), "timing": timing.model_dump(),
+                       "fp32_precision": fp32_precision}
         # ``env`` adds to this process's environment (--devices pins a GPU with it).
         self._env = dict(os.environ) | (env or {})
         if device == "cpu":
@@ -276,13 +278,19 @@ class WorkerExecutor:
 class InProcessExecutor:
     """Cases in this process (``--no-isolate``): a crash ends the sweep, a hang hangs it."""
 
-    def __init__(self, device: str, timing: TimingPolicy):
+    def __init__(self, device: str, timing: TimingPolicy, fp32_precision: str = "tf32"):
+        import torch
+
         from flashbench.core.nvml import nvml_handle
-        from flashbench.measure.device import select_device
+        from flashbench.measure.device import select_device, use_threads
         from flashbench.measure.machine import capture_environment
 
         self._device = select_device(device)
         self._policy = timing
+        self._fp32_precision = fp32_precision
+        # This process goes on after the sweep (a notebook, a test): its threads are put back.
+        self._threads_before = torch.get_num_threads()
+        use_threads(self._device, timing.threads)
         self.device = str(self._device)
         self.environment = capture_environment(self._device)
         self._handle = nvml_handle(self.environment.get("gpu_uuid")) \
@@ -295,7 +303,8 @@ class InProcessExecutor:
         from flashbench.measure.group import measure_group
 
         for event in measure_group(cases, self._device, self._policy, self._handle,
-                                   self.environment.get("ceilings")):
+                                   self.environment.get("ceilings"),
+                                   fp32_precision=self._fp32_precision):
             if event.kind == "start":
                 yield ("start", cases[event.index])
             elif event.kind == "sampling":
@@ -304,4 +313,6 @@ class InProcessExecutor:
                 yield ("row", event.row)
 
     def close(self) -> None:
-        pass
+        import torch
+
+        torch.set_num_threads(self._threads_before)

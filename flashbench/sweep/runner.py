@@ -13,6 +13,7 @@ from flashbench.core.cases import Case, RunStatus, case_key
 from flashbench.core.config import SweepConfig, expand_cases, validate_config
 from flashbench.core.environment import SAME_MACHINE, environment_differences
 from flashbench.core.errors import UserError
+from flashbench.core.load import load_average
 from flashbench.core.plugins import load_plugins
 from flashbench.results.reading import find_run, read_meta, read_rows
 from flashbench.results.store import (RunFolder, WriteFailed, check_root, create_run,
@@ -70,8 +71,10 @@ def run_sweep(cfg: SweepConfig, out_root: Path, options: SweepOptions = SweepOpt
     ``["cpu", "cpu"]``: flashbench.sweep.devices) runs one worker per device at once. Ctrl-C or
     SIGTERM ends the sweep early with status ``interrupted`` (flashbench.sweep.interrupts);
     ``resume_sweep`` finishes it. Raises Interrupted when stopped before the first case
-    (nothing written) and SweepFailed when no worker would start.
+    (nothing written) and SweepFailed when no worker would start. meta.json records the load
+    averages before and after (flashbench.core.load).
     """
+    load_before = load_average()  # before this sweep's own workers start and add to it
     # Loaded already (the config's backend names needed them); the worker imports them again.
     plugin_files = [str(Path(p).expanduser().resolve()) for p in options.plugins]
     grid = expand_cases(cfg)
@@ -83,7 +86,7 @@ def run_sweep(cfg: SweepConfig, out_root: Path, options: SweepOptions = SweepOpt
         try:
             with _locked(executors, options, interrupt):
                 return _new_run(cfg, out_root, options, shard, grid, cases, plugin_files,
-                                executors, pool, interrupt)
+                                executors, pool, interrupt, load_before)
         finally:
             close_all(executors)
 
@@ -98,7 +101,7 @@ def _locked(executors: list[Executor], options: SweepOptions, interrupt: Interru
 def _new_run(cfg: SweepConfig, out_root: Path, options: SweepOptions, shard: Shard | None,
              grid: list[Case], cases: list[Case], plugin_files: list[str],
              executors: list[Executor], pool: list[Device] | None,
-             interrupt: Interrupt) -> SweepResult:
+             interrupt: Interrupt, load_before: list[float] | None) -> SweepResult:
     run = create_run(out_root)
     run.lock()
     meta: dict[str, Any] = {
@@ -107,6 +110,8 @@ def _new_run(cfg: SweepConfig, out_root: Path, options: SweepOptions, shard: Sha
         "config": cfg.model_dump(mode="json"), "n_cases": len(cases),
         "plugins": plugin_files, "isolated": options.isolate,
         "environment": executors[0].environment,
+        # 1-, 5- and 15-minute load averages; load_after is written when the sweep ends.
+        "load_before": load_before, "load_after": None,
     }
     if shard is not None:
         meta["shard"] = shard.to_meta() | {"grid_cases": len(grid)}
@@ -136,6 +141,7 @@ def resume_sweep(ref: str | Path, out_root: Path, options: SweepOptions = SweepO
     the cases of an uninterrupted one, each once. A torn last line is cut (its case runs again).
     The run's own devices measure them, unless ``options.devices`` says otherwise.
     """
+    load_before = load_average()
     path, meta, config = _resumable(ref, out_root, case_timeout_s)
     if not options.isolate:
         from flashbench.measure.device import select_device
@@ -167,7 +173,8 @@ def resume_sweep(ref: str | Path, out_root: Path, options: SweepOptions = SweepO
             pool = None if devices is None else parse_pool(devices, cfg, options.isolate)
         except UserError as e:
             raise UserError(f"--resume {ref}: {e}") from None
-        return _resume_into(run, meta, cfg, cases, todo, rows, pool, plugin_files, options)
+        return _resume_into(run, meta, cfg, cases, todo, rows, pool, plugin_files, options,
+                            load_before)
     finally:
         run.close()
 
@@ -187,7 +194,8 @@ def _mend(run: RunFolder) -> None:
 
 def _resume_into(run: RunFolder, meta: dict[str, Any], cfg: SweepConfig, cases: list[Case],
                  todo: list[Case], rows: list[dict[str, Any]], pool: list[Device] | None,
-                 plugin_files: list[str], options: SweepOptions) -> SweepResult:
+                 plugin_files: list[str], options: SweepOptions,
+                 load_before: list[float] | None) -> SweepResult:
     with Interrupt(raise_on_abandon=not options.isolate) as interrupt:
         executors = start_executors(cfg, plugin_files, options.isolate, interrupt, pool)
         try:
@@ -198,7 +206,8 @@ def _resume_into(run: RunFolder, meta: dict[str, Any], cfg: SweepConfig, cases: 
                                 f"began ({'; '.join(changed)}); one run must not mix "
                                 f"environments")
             session: dict[str, Any] = {"at": _now(), "isolated": options.isolate,
-                                       "command": options.command}
+                                       "command": options.command, "load_before": load_before,
+                                       "load_after": None}
             if pool is not None:
                 session["devices"] = devices_meta(pool, executors)
             meta.update(status=RunStatus.RUNNING, finished_at=None, plugins=plugin_files,
@@ -250,6 +259,8 @@ def _sweep(run: RunFolder, meta: dict[str, Any], todo: list[Case], rows: list[di
         meta["error"] = f"{type(e).__name__}: {e}"
         raise
     finally:
+        # This session's own figures: a resumed session's go into its entry of "resumed".
+        (meta if new else meta["resumed"][-1])["load_after"] = load_average()
         unrecorded = _finish(run, meta, status)
     if unrecorded is not None:
         raise SweepFailed(f"{unrecorded}; its {len(rows)} rows are on disk, but meta.json still "

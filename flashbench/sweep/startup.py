@@ -51,7 +51,8 @@ def start_executors(cfg: SweepConfig, plugin_files: list[str], isolate: bool,
         if pool is not None:
             executors: list[Executor] = list(start_all(pool, lambda d: WorkerExecutor(
                 d.kind, plugin_files, cfg.backends, cfg.timing, interrupt, env=d.worker_env(),
-                wait=False, plugin_timeout_s=plugin_timeout_s)))
+                wait=False, plugin_timeout_s=plugin_timeout_s,
+                fp32_precision=cfg.fp32_precision)))
             try:
                 check_same_environment(pool, [e.environment for e in executors])
             except UserError:
@@ -59,9 +60,10 @@ def start_executors(cfg: SweepConfig, plugin_files: list[str], isolate: bool,
                 raise
         elif isolate:
             executors = [WorkerExecutor(cfg.device, plugin_files, cfg.backends, cfg.timing,
-                                        interrupt, plugin_timeout_s=plugin_timeout_s)]
+                                        interrupt, plugin_timeout_s=plugin_timeout_s,
+                                        fp32_precision=cfg.fp32_precision)]
         else:
-            executors = [InProcessExecutor(cfg.device, cfg.timing)]
+            executors = [InProcessExecutor(cfg.device, cfg.timing, cfg.fp32_precision)]
     except KeyboardInterrupt:
         raise Interrupted("interrupted before the first case; nothing was written") from None
     except WorkerStartError as e:

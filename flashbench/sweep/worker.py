@@ -4,7 +4,8 @@ The parent (flashbench.sweep.executors) never touches CUDA; this process owns th
 are JSON objects (plain data: unpickling could import torch into the parent) over two pipes
 whose descriptors are given on the command line:
 
-    parent -> worker   {"kind": "hello", "device", "plugins", "backends", "timing"},
+    parent -> worker   {"kind": "hello", "device", "plugins", "backends", "timing",
+                        "fp32_precision"},
                        then {"kind": "group", "cases"} per comparison group, or {"kind": "stop"}
     worker -> parent   {"kind": "phase", "phase": "plugins"} while it imports the plugins,
                        {"kind": "phase", "phase": "kernels"} once they are in,
@@ -110,18 +111,20 @@ def _start(hello: dict[str, Any], replies: Connection) -> tuple[Any, ...] | None
         return None
     from flashbench.core.config import TimingPolicy
     from flashbench.core.nvml import nvml_handle
+    from flashbench.measure.device import use_threads
     from flashbench.measure.machine import capture_environment
 
-    _preload(hello["backends"])
     policy = TimingPolicy.model_validate(hello["timing"])
-    environment = capture_environment(device)
+    use_threads(device, policy.threads)  # before anything runs, so inter-op threads obey too
+    _preload(hello["backends"])
+    environment = capture_environment(device)  # records the threads torch now uses
     handle = nvml_handle(environment.get("gpu_uuid")) if device.type == "cuda" else None
     send(replies, {"kind": "ready", "device": str(device), "environment": environment})
-    return device, policy, environment, handle
+    return device, policy, environment, handle, hello.get("fp32_precision", "tf32")
 
 
 def _measure_group(message: dict[str, Any], replies: Connection, device, policy, environment,
-                   handle) -> int | None:
+                   handle, fp32_precision) -> int | None:
     """One comparison group, its events passed on as they happen (module docstring); the exit
     code when this worker must end after it (a lost context, leftovers), else None."""
     from flashbench.core.cases import Case, Status
@@ -132,7 +135,7 @@ def _measure_group(message: dict[str, Any], replies: Connection, device, policy,
     cases = [Case.from_dict(c) for c in message["cases"]]
     blame = _Blame()
     events = measure_group(cases, device, policy, handle, environment.get("ceilings"),
-                           tainted=blame.case)
+                           tainted=blame.case, fp32_precision=fp32_precision)
     index = None
     while True:
         try:
