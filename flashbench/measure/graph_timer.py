@@ -21,7 +21,7 @@ import warnings
 from typing import Callable, Sequence
 
 from flashbench.core.config import TimingPolicy
-from flashbench.measure.timing import BURST_MS, flush_buffer, gpu_sleep
+from flashbench.measure.timing import BURST_MS, event_estimate_ms, flush_buffer, gpu_sleep
 
 __all__ = ["GRAPH_MS", "GraphSampler", "ProfilerSampler", "TimerRefused"]
 
@@ -36,18 +36,6 @@ class TimerRefused(RuntimeError):
     """The call cannot be timed this way (a CUDA graph cannot capture it)."""
 
 
-def _event_estimate_ms(fn: Callable[[], object], device) -> float:
-    import torch
-
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    fn()
-    end.record()
-    torch.cuda.synchronize(device)
-    return max(start.elapsed_time(end), 1e-3)
-
-
 class GraphSampler:
     """Replays of one CUDA graph holding ``calls_per_graph`` calls, cycling over ``calls`` (one
     per copy of the inputs)."""
@@ -58,7 +46,7 @@ class GraphSampler:
         import torch
 
         self._device = device
-        self.estimate_ms = _event_estimate_ms(calls[0], device)
+        self.estimate_ms = event_estimate_ms(calls[0], device)
         per_graph = math.ceil(GRAPH_MS / self.estimate_ms)
         self.calls_per_graph = max(len(calls), min(MAX_GRAPH_CALLS, per_graph))
         # Warm up on a side stream before capturing (lazy initialisation, autotuning, cuBLAS
@@ -112,7 +100,7 @@ class ProfilerSampler:
     def __init__(self, fn: Callable[[], object], device, policy: TimingPolicy):
         self._fn, self._device = fn, device
         self._flush = flush_buffer(device) if policy.l2 == "cold" else None
-        self.estimate_ms = _event_estimate_ms(fn, device)
+        self.estimate_ms = event_estimate_ms(fn, device)
         self._batch = max(1, min(200, math.ceil(PROFILER_BURST_MS / self.estimate_ms)))
 
     def warm(self, ms: float) -> None:

@@ -100,8 +100,7 @@ def _sample(prepared: dict[int, Prepared], device: torch.device, policy: TimingP
     clock = sm_clock_reader(nvml_handle) if device.type == "cuda" else None
     samplers, failed = _samplers(prepared, device, policy)
     interleave = policy.interleave and len(samplers) > 1
-    out: dict[int, tuple[Sampled, str | None, dict[str, Any], bool]] = {
-        i: (s, None, {}, False) for i, s in failed.items()}
+    out: dict[int, tuple[Sampled, str | None, dict[str, Any], bool]] = {}
     with TelemetrySampler(nvml_handle) as telemetry:
         if interleave:
             _warm(samplers, failed, policy, clock)

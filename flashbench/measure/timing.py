@@ -23,7 +23,8 @@ from typing import Callable, Protocol
 from flashbench.core.config import TimingPolicy
 from flashbench.core.stats import median_rse
 
-__all__ = ["CpuSampler", "EventSampler", "Sampler", "flush_buffer", "should_stop"]
+__all__ = ["CpuSampler", "EventSampler", "Sampler", "event_estimate_ms", "flush_buffer",
+           "should_stop"]
 
 _CPU_FLUSH_BYTES = 64 << 20  # larger than the last-level cache of common server CPUs
 MIN_SAMPLES_HARD = 3  # even a case slower than the budget gets this many samples
@@ -87,6 +88,19 @@ def gpu_sleep(device, seconds: float) -> None:
     torch.cuda._sleep(int(min(seconds, _MAX_SLEEP_S) * clock_khz * 1e3))
 
 
+def event_estimate_ms(fn: Callable[[], object], device) -> float:
+    """One call's time from a single event pair: what sizes warm-up and bursts."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    return max(start.elapsed_time(end), 1e-3)
+
+
 class EventSampler:
     """CUDA events around each call."""
 
@@ -97,13 +111,7 @@ class EventSampler:
 
         self._fn, self._device = fn, device
         self._flush = flush_buffer(device) if policy.l2 == "cold" else None
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(device)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        self.estimate_ms = max(start.elapsed_time(end), 1e-3)
+        self.estimate_ms = event_estimate_ms(fn, device)
         self._host_s = 0.0
         self._batch = 1
 
