@@ -10,11 +10,13 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-__all__ = ["FP32_PRECISIONS", "SUPPORTED_HEAD_DIMS", "LaunchConfig", "attention_forward",
+__all__ = ["FEATURES", "FP32_PRECISIONS", "SUPPORTED_HEAD_DIMS", "LaunchConfig", "attention_forward",
            "candidate_configs", "attention", "dot_precision", "kernel_name", "prepare",
            "tuned_config", "unsupported_reason"]
 
 SUPPORTED_HEAD_DIMS: tuple[int, ...] = (32, 64, 96, 128, 256)
+# What these kernels implement beyond dense attention (flashbench.core.cases.FEATURES).
+FEATURES: frozenset[str] = frozenset()
 _SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32)
 # Working in base 2 turns every exp into one exp2 and lets the softmax scale share the score multiply.
 _LOG2E = 1.4426950408889634

@@ -7,13 +7,13 @@ import math
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
                       ValidationError, field_validator, model_validator)
 
-from flashbench.core import registry, safe_yaml
+from flashbench.core import ragged, registry, safe_yaml
 from flashbench.core.cases import Case, Mode
 from flashbench.core.errors import UserError, did_you_mean, quoted
 
@@ -31,7 +31,7 @@ __all__ = [
 # The axes whose product is the grid, and the most cases one sweep may hold: the largest
 # preset has 288; at a second a case, 100,000 take a day and more.
 _AXES = ("backends", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim",
-         "dtype", "causal")
+         "dtype", "causal", "window", "softcap", "seq_lens", "page_size")
 MAX_CASES = 100_000
 # Sizes beyond these are typos, not experiments (a 2^24-token sequence is already 16M tokens).
 _MAX = {"batch": 1 << 16, "heads": 1024, "kv_heads": 1024, "seq_len": 1 << 24,
@@ -94,6 +94,18 @@ class SweepConfig(BaseModel):
     dtype: list[Literal["fp16", "bf16", "fp32"]] = Field(default_factory=lambda: ["bf16"],
                                                         min_length=1)
     causal: list[StrictBool] = Field(default_factory=lambda: [False], min_length=1)
+    # The attention people deploy; null in a list is the dense case. window: a sliding window
+    # of this many keys left of the causal diagonal (combined with causal: true only);
+    # softcap: scores capped as c·tanh(s/c); seq_lens: a ragged batch, a list of lengths or
+    # {dist: lognormal|uniform, mean, max, seed} drawn once per batch size (seq_len and
+    # kv_len then follow the lengths); page_size: the KV cache in pages (mode fwd).
+    window: list[Annotated[StrictInt, Field(ge=0, le=1 << 24)] | None] = Field(
+        default_factory=lambda: [None], min_length=1)
+    softcap: list[Annotated[float, Field(gt=0, le=1e6)] | None] = Field(
+        default_factory=lambda: [None], min_length=1)
+    seq_lens: list[Any] = Field(default_factory=lambda: [None], min_length=1)
+    page_size: list[Annotated[StrictInt, Field(ge=1, le=1 << 16)] | None] = Field(
+        default_factory=lambda: [None], min_length=1)
     timing: TimingPolicy = Field(default_factory=TimingPolicy)
     # What our kernels' fp32 matmuls run as: TF32 tensor cores (rel. error ~1e-3) or IEEE fp32.
     fp32_precision: Literal["tf32", "ieee"] = "tf32"
@@ -101,10 +113,29 @@ class SweepConfig(BaseModel):
     case_timeout_s: StrictFloat = Field(600.0, gt=0, le=86400)
 
     @field_validator("backends", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len",
-                     "head_dim", "dtype", "causal", mode="before")
+                     "head_dim", "dtype", "causal", "window", "softcap", "page_size",
+                     mode="before")
     @classmethod
     def _scalar_is_a_list_of_one(cls, value: Any) -> Any:
         return value if isinstance(value, list) else [value]
+
+    @field_validator("seq_lens", mode="before")
+    @classmethod
+    def _one_ragged_batch_is_a_list_of_one(cls, value: Any) -> Any:
+        # [512, 1024] is one ragged batch (a list of lengths), not two specs: a list of specs
+        # holds a null, a mapping or a list.
+        if isinstance(value, list) and value and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return [value]
+        return value if isinstance(value, list) else [value]
+
+    @field_validator("seq_lens")
+    @classmethod
+    def _ragged_specs(cls, specs: list[Any]) -> list[str | None]:
+        try:
+            return list(dict.fromkeys(None if s is None else ragged.canonical(s) for s in specs))
+        except ragged.RaggedError as e:
+            raise ValueError(str(e)) from None
 
     @field_validator("backends")
     @classmethod
@@ -236,6 +267,7 @@ def validate_config(data: dict[str, Any], source: str) -> SweepConfig:
         raise UserError(format_validation_error(e, source)) from None
     _check_head_groups(cfg, source)
     _check_grid_size(cfg, source)
+    _check_combinations(cfg, source)
     return cfg
 
 
@@ -261,6 +293,24 @@ def _check_head_groups(cfg: SweepConfig, source: str) -> None:
                             f"({kv_heads}) for grouped-query attention")
 
 
+def _check_combinations(cfg: SweepConfig, source: str) -> None:
+    """Refuse a value no case can use (expand_cases leaves meaningless combinations out)."""
+    if any(w is not None for w in cfg.window) and True not in cfg.causal:
+        raise UserError(f"{source}: window needs causal: true (a sliding window is the causal "
+                        f"mask with a left limit)")
+    if any(p is not None for p in cfg.page_size):
+        if Mode.FWD not in cfg.mode:
+            raise UserError(f"{source}: page_size needs mode fwd (a paged KV cache is an "
+                            f"inference cache: decode and prefill against it, no backward)")
+        if None not in cfg.page_size and None not in cfg.seq_lens:
+            raise UserError(f"{source}: seq_lens (a ragged batch) and page_size (a paged cache) "
+                            f"do not combine; give null in one of them")
+    for spec in cfg.seq_lens:
+        if spec is not None and any(len(lens) > _MAX["batch"]
+                                    for lens in ragged.expand(spec, cfg.batch)):
+            raise UserError(f"{source}: seq_lens: at most {_MAX['batch']} sequences")
+
+
 def _check_grid_size(cfg: SweepConfig, source: str) -> None:
     """Refuse a grid too large to ever finish, before it is expanded (ten axes of twenty
     values are 10^13 cases, which a 200-byte file can ask for)."""
@@ -271,16 +321,39 @@ def _check_grid_size(cfg: SweepConfig, source: str) -> None:
 
 
 def expand_cases(cfg: SweepConfig) -> list[Case]:
-    """The cartesian grid, backends innermost so that one shape's backends run back to back."""
+    """The cartesian grid, backends innermost so that one shape's backends run back to back.
+
+    Combinations that mean nothing are left out, not refused: a window without the causal
+    mask, a paged cache in a backward mode, a ragged batch with a paged cache (validate_config
+    refuses a config where that leaves a value unused)."""
     cases: list[Case] = []
-    for mode, dtype, causal, head_dim, batch, heads, kv_heads, seq_len, kv_len in itertools.product(
-            cfg.mode, cfg.dtype, cfg.causal, cfg.head_dim, cfg.batch, cfg.heads, cfg.kv_heads,
-            cfg.seq_len, cfg.kv_len):
-        for backend in cfg.backends:
-            cases.append(Case(
-                backend=backend, mode=Mode(mode), batch=batch, heads=heads,
-                kv_heads=heads if kv_heads is None else kv_heads,
-                seq_len=seq_len, kv_len=seq_len if kv_len is None else kv_len,
-                head_dim=head_dim, dtype=dtype, causal=causal,
-            ))
+    for mode, dtype, causal, window, softcap, page_size, head_dim in itertools.product(
+            cfg.mode, cfg.dtype, cfg.causal, cfg.window, cfg.softcap, cfg.page_size,
+            cfg.head_dim):
+        if (window is not None and not causal) or (page_size is not None and mode != Mode.FWD):
+            continue
+        for spec in cfg.seq_lens:
+            if spec is not None and page_size is not None:
+                continue
+            for batch, heads, kv_heads, seq_len, kv_len in _shapes(cfg, spec):
+                for backend in cfg.backends:
+                    cases.append(Case(
+                        backend=backend, mode=Mode(mode), batch=batch, heads=heads,
+                        kv_heads=heads if kv_heads is None else kv_heads,
+                        seq_len=seq_len, kv_len=kv_len, head_dim=head_dim, dtype=dtype,
+                        causal=causal, window=window, softcap=softcap, ragged=spec,
+                        page_size=page_size))
     return list(dict.fromkeys(cases))
+
+
+def _shapes(cfg: SweepConfig, spec: str | None) -> Iterator[tuple[int, int, int | None, int, int]]:
+    """(batch, heads, kv_heads, seq_len, kv_len) of the grid; for a ragged spec its batch
+    sizes, each padded length the longest sequence (queries and keys are the same tokens)."""
+    if spec is None:
+        for batch, heads, kv_heads, seq_len, kv_len in itertools.product(
+                cfg.batch, cfg.heads, cfg.kv_heads, cfg.seq_len, cfg.kv_len):
+            yield batch, heads, kv_heads, seq_len, seq_len if kv_len is None else kv_len
+        return
+    for lens, heads, kv_heads in itertools.product(ragged.expand(spec, cfg.batch), cfg.heads,
+                                                   cfg.kv_heads):
+        yield len(lens), heads, kv_heads, max(lens), max(lens)

@@ -58,30 +58,75 @@ def _clamped_prefix_sum(t: int, cap: int) -> int:
     return cap * (cap + 1) // 2 + (t - cap) * cap
 
 
-def attended_pairs(seq_len: int, kv_len: int, causal: bool) -> int:
-    """Unmasked (query, key) pairs of one head."""
+def attended_pairs(seq_len: int, kv_len: int, causal: bool, window: int | None = None) -> int:
+    """Unmasked (query, key) pairs of one head of one sequence.
+
+    Causal, the diagonal aligned to the end: query i sees keys j <= i' = i + kv_len - seq_len;
+    a window keeps only j >= i' - window as well (window + 1 keys at most)."""
     if not causal:
         return seq_len * kv_len
-    # Row i sees clamp(i + kv_len - seq_len + 1, 0, kv_len) keys: an arithmetic run, clamped.
-    first = kv_len - seq_len + 1
-    last = first + seq_len - 1
-    return _clamped_prefix_sum(last, kv_len) - _clamped_prefix_sum(first - 1, kv_len)
+    # Row i sees clamp(i' + 1, 0, kv_len) - clamp(i' - window, 0, kv_len) keys: sums of
+    # clamped arithmetic runs.
+    def run_sum(first: int) -> int:  # sum of clamp(x, 0, kv_len) for x = first .. first+N-1
+        return (_clamped_prefix_sum(first + seq_len - 1, kv_len)
+                - _clamped_prefix_sum(first - 1, kv_len))
+
+    seen = run_sum(kv_len - seq_len + 1)
+    return seen if window is None else seen - run_sum(kv_len - seq_len - window)
+
+
+def _lengths(case: Case) -> list[tuple[int, int]]:
+    """(queries, keys) of each sequence: a ragged batch attends within each sequence."""
+    if case.ragged is None:
+        return [(case.seq_len, case.kv_len)] * case.batch
+    return [(n, n) for n in case.seq_lens]
 
 
 def flops(case: Case) -> int:
-    """Exact matmul FLOPs of the case (see the module docstring for the convention)."""
-    fwd = 4 * case.batch * case.heads * case.head_dim * attended_pairs(
-        case.seq_len, case.kv_len, case.causal)
+    """Exact matmul FLOPs of the case (see the module docstring for the convention): the
+    real tokens of a ragged batch, the unmasked pairs of a window; a softcap's tanh is not a
+    matrix product and is not counted."""
+    pairs = sum(attended_pairs(n, nk, case.causal, case.window) for n, nk in _lengths(case))
+    fwd = 4 * case.heads * case.head_dim * pairs
     factor = {Mode.FWD: 1.0, Mode.BWD: BWD_FACTOR, Mode.FWD_BWD: FWD_BWD_FACTOR}[case.mode]
     return int(fwd * factor)
 
 
-def _io_bytes(case: Case) -> int:
-    """Q, K, V read once and O written once, in the input dtype."""
+def keys_read(case: Case) -> int:
+    """Keys (per KV head) a fused kernel must read: every key of each sequence, or with a
+    window only the last seq_len + window (a decode step reads its window, not the cache);
+    with a paged cache whole pages, those the needed keys touch."""
+    total = 0
+    for n, nk in _lengths(case):
+        needed = nk if case.window is None or not case.causal else min(nk, n + case.window)
+        if case.page_size is not None:
+            first = nk - needed
+            needed = ((nk - 1) // case.page_size - first // case.page_size + 1) * case.page_size
+        total += needed
+    return total
+
+
+def _io_bytes(case: Case, algorithm: Algorithm) -> int:
+    """Q, K, V read once and O written once, in the input dtype: by a fused kernel, the real
+    tokens and the keys it needs (plus a paged cache's block table, int32 per page); by a
+    materializing one, the padded batch and the whole cache."""
     e = DTYPE_BYTES[case.dtype]
+    if algorithm == "flash":
+        q_or_o = case.tokens * case.heads * case.head_dim
+        k_or_v = keys_read(case) * case.kv_heads * case.head_dim
+        table = 4 * case.batch * -(-case.kv_len // case.page_size) if case.page_size else 0
+        return e * (2 * q_or_o + 2 * k_or_v) + table
     q_or_o = case.batch * case.heads * case.seq_len * case.head_dim
     k_or_v = case.batch * case.kv_heads * case.kv_len * case.head_dim
-    return e * (2 * q_or_o + 2 * k_or_v)
+    # A paged cache gathered into a contiguous one first: the pages read, the copy written.
+    gather = 2 * 2 * k_or_v if case.page_size else 0
+    return e * (2 * q_or_o + 2 * k_or_v + gather)
+
+
+def _masked(case: Case) -> bool:
+    """Whether a materializing backend applies a mask pass over S (causal, a window, or the
+    padding of a ragged batch)."""
+    return case.causal or case.window is not None or case.ragged is not None
 
 
 def _scores(case: Case) -> int:
@@ -101,11 +146,12 @@ def hbm_bytes(case: Case, algorithm: Algorithm | None = None) -> int:
 
 def _backward_bytes(case: Case, algorithm: Algorithm) -> int:
     e = DTYPE_BYTES[case.dtype]
-    q_or_o = case.batch * case.heads * case.seq_len * case.head_dim
-    k_or_v = case.batch * case.kv_heads * case.kv_len * case.head_dim
+    tokens = case.tokens if algorithm == "flash" else case.batch * case.seq_len
+    q_or_o = tokens * case.heads * case.head_dim
+    k_or_v = (tokens if case.ragged else case.batch * case.kv_len) * case.kv_heads * case.head_dim
     # Read Q, K, V, O, dO; write dQ, dK, dV; plus the fp32 LSE read.
     io = e * (3 * q_or_o + 2 * k_or_v) + e * (q_or_o + 2 * k_or_v)
-    io += LSE_BYTES * case.batch * case.heads * case.seq_len
+    io += LSE_BYTES * case.tokens * case.heads
     if algorithm == "flash":
         return io
     # Materialized: dV = Pᵀ·dO reads P; dP = dO·Vᵀ is written; dS = P∘(dP − δ) reads P and dP
@@ -118,25 +164,27 @@ def _forward_bytes(case: Case, algorithm: Algorithm) -> int:
     m = _scores(case)
     mask_elems = (case.heads // case.kv_heads) * case.seq_len * case.kv_len
     if algorithm == "flash":
-        return _io_bytes(case) + LSE_BYTES * case.batch * case.heads * case.seq_len
+        return _io_bytes(case, algorithm) + LSE_BYTES * case.tokens * case.heads
     if algorithm == "naive":
         q_elems = case.batch * case.heads * case.seq_len * case.head_dim
         traffic = 2 * e * q_elems  # Q·scale, a pass over Q before the product
         traffic += e * m  # S written by (Q·scale)·Kᵀ
-        if case.causal:
+        if _masked(case):
             traffic += 2 * e * m + mask_elems  # masked_fill_ reads and writes S, reads the mask
         if e != 4:
             traffic += e * m + 4 * m  # S upcast to fp32
+        if case.softcap is not None:
+            traffic += 3 * 2 * 4 * m  # c·tanh(S/c) in place: three passes over fp32 S
         traffic += 4 * m + 4 * m  # softmax reads S, writes P, both fp32
         if e != 4:
             traffic += 4 * m + e * m  # P cast back to the input dtype
         traffic += e * m  # P·V reads P
-        return _io_bytes(case) + traffic
+        return _io_bytes(case, algorithm) + traffic
     if algorithm == "math":
         traffic = 4 * m + 4 * m + 4 * m + 4 * m  # S written, read; P written, read
-        if case.causal:
+        if _masked(case):
             traffic += 2 * 4 * m + 4 * mask_elems  # additive fp32 mask pass over S
-        return _io_bytes(case) + traffic
+        return _io_bytes(case, algorithm) + traffic
     raise ValueError(f"unknown algorithm {algorithm!r}")
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, TypeVar
 
-from flashbench.core.cases import Case
+from flashbench.core.cases import FEATURES, Case
 
 __all__ = ["FP32_MATMULS", "Algorithm", "BackendSpec", "Family", "Fp32Matmul", "algorithm_of",
            "backends", "baseline_names", "builtin_names", "names", "plugin_specs",
@@ -62,6 +62,9 @@ class BackendSpec:
     unsupported: Callable[[Case], str | None] | None = None
     resolve: Callable[..., str] | None = None
     fp32_matmul: Fp32Matmul | None = None  # None: not declared (a plugin's rows say null)
+    # What a plugin implements beyond dense attention (flashbench.core.cases.FEATURES); it is
+    # never given a case that needs another, and gets each one's arguments by keyword.
+    features: tuple[str, ...] = ()
 
 
 _SDPA = "flashbench.kernels.sdpa"  # imports torch._dynamo: seconds
@@ -98,14 +101,20 @@ def _source_of(fn: Callable[..., Any]) -> str:
 def register_backend(name: str, *, description: str | None = None, baseline: bool = False,
                      prepare: bool = False, unsupported: Callable[[Case], str | None] | None = None,
                      resolve: Callable[..., str] | None = None,
-                     fp32_matmul: str | None = None) -> Callable[[F], F]:
+                     fp32_matmul: str | None = None,
+                     features: tuple[str, ...] | list[str] = ()) -> Callable[[F], F]:
     """Register the decorated function as backend ``name``; it then runs like a built-in one.
 
     The function is ``fn(q, k, v, *, causal, scale) -> out``, or with ``prepare=True`` a
     function of the same arguments returning the zero-argument call to time. ``description``
     defaults to the first line of its docstring. ``fp32_matmul`` says how it multiplies fp32
     inputs, for its rows' ``matmul_precision``: "ieee", "tf32", or "torch" (torch matmuls,
-    which follow torch's TF32 setting); None leaves the field null.
+    which follow torch's TF32 setting); None leaves the field null. ``features`` names what
+    it implements beyond dense attention, any of "window", "softcap", "ragged", "paged": a
+    case that uses one gets its arguments by keyword (``window=``, ``softcap=``;
+    ``cu_seqlens=`` and ``max_seqlen=`` with q, k, v packed as (tokens, heads, D);
+    ``block_table=`` and ``cache_seqlens=`` with k, v a pool of pages (pages, page_size,
+    kv_heads, D)); a case that needs one it did not name is ``unsupported``.
     """
     if not isinstance(name, str) or not _VALID_NAME.match(name):
         raise ValueError(f"backend name {name!r} must be 1-64 letters, digits or . _ + - "
@@ -115,6 +124,12 @@ def register_backend(name: str, *, description: str | None = None, baseline: boo
     if fp32_matmul is not None and fp32_matmul not in FP32_MATMULS:
         raise ValueError(f"register_backend({name!r}): fp32_matmul {fp32_matmul!r} is not one "
                          f"of {', '.join(FP32_MATMULS)} (or None)")
+
+    unknown = [f for f in features if f not in FEATURES] if not isinstance(features, str) \
+        else [features]
+    if unknown:
+        raise ValueError(f"register_backend({name!r}): unknown feature {unknown[0]!r}; "
+                         f"features are {', '.join(FEATURES)}")
 
     def decorate(fn: F) -> F:
         if not callable(fn):
@@ -128,7 +143,8 @@ def register_backend(name: str, *, description: str | None = None, baseline: boo
         text = description or (doc[0] if doc else f"plugin from {Path(source).name}")
         _PLUGINS[name] = BackendSpec(name, "plugin", text, baseline=baseline, source=source,
                                      call=fn, prepares=prepare, unsupported=unsupported,
-                                     resolve=resolve, fp32_matmul=fp32_matmul)  # type: ignore[arg-type]
+                                     resolve=resolve, fp32_matmul=fp32_matmul,  # type: ignore[arg-type]
+                                     features=tuple(features))
         return fn
 
     return decorate

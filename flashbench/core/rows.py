@@ -31,8 +31,9 @@ FIELD_GROUPS: dict[str, tuple[str, ...]] = {
     # backends of one shape sampled in alternating rounds); null when not interleaved.
     "latency": ("samples_ms", "sample_rounds", "median_ms", "mean_ms", "std_ms", "min_ms", "p20_ms", "p80_ms",
                 "n_samples"),
+    # tokens: the query tokens computed (a ragged batch's real ones); tokens_per_s by the median.
     "rates": ("flops", "tflops", "hbm_bytes", "gbps", "arith_intensity", "pct_peak_flops",
-              "pct_peak_bw"),
+              "pct_peak_bw", "tokens", "tokens_per_s"),
     "memory": ("peak_alloc_bytes", "peak_reserved_bytes", "nvml_used_bytes"),
     "accuracy": ("max_abs_err", "rel_err"),
     "setup": ("setup_ms",),
@@ -72,6 +73,10 @@ class Row(BaseModel):
     head_dim: Size
     dtype: Literal["fp16", "bf16", "fp32"]
     causal: StrictBool
+    window: Annotated[StrictInt, Field(ge=0)] | None = None
+    softcap: Annotated[float, Field(gt=0)] | None = None
+    ragged: StrictStr | None = None
+    page_size: Size | None = None
     status: Status
     error: StrictStr | None = None
     resolved_backend: StrictStr | None = None
@@ -95,6 +100,8 @@ class Row(BaseModel):
     arith_intensity: Number = None
     pct_peak_flops: Number = None
     pct_peak_bw: Number = None
+    tokens: Count = None
+    tokens_per_s: Number = None
     peak_alloc_bytes: Count = None
     peak_reserved_bytes: Count = None
     nvml_used_bytes: Count = None
@@ -150,7 +157,7 @@ def blank_row(case: Case, device: str, l2: str) -> dict[str, Any]:
     row: dict[str, Any] = case.to_dict() | dict.fromkeys(RESULT_FIELDS)
     row.update(device=device, l2=l2, samples_ms=[],
                timer="cuda-events" if device.startswith("cuda") else "perf-counter",
-               flops=costs.flops(case), hbm_bytes=costs.hbm_bytes(case))
+               flops=costs.flops(case), hbm_bytes=costs.hbm_bytes(case), tokens=case.tokens)
     row.update(roofline_fields(row, None))
     return row
 

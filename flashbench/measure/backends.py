@@ -16,21 +16,15 @@ from typing import Callable
 import torch
 
 from flashbench.core import registry as declared
-from flashbench.core.cases import Case
+from flashbench.core.cases import Case, missing_features
 from flashbench.core.registry import BackendSpec
+from flashbench.measure.inputs import AttentionInputs, torch_dtype
 
 __all__ = ["Backend", "Prepare", "get_backend", "registry", "torch_dtype"]
 
-# (q, k, v, *, causal, scale) -> run(); a backend declared fp32_matmul="sweep" (ours) also
-# takes fp32_precision, the config's "tf32" or "ieee".
+# (inputs: AttentionInputs) -> run(); a backend declared fp32_matmul="sweep" (ours) also takes
+# fp32_precision, the config's "tf32" or "ieee".
 Prepare = Callable[..., Callable[[], torch.Tensor]]
-
-_TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return _TORCH_DTYPES[name]
-
 
 @dataclass(frozen=True, slots=True)
 class Backend:
@@ -41,7 +35,7 @@ class Backend:
     # Why it cannot run this case (None: it can, as far as can be told without running).
     unsupported: Callable[[Case], str | None]
     # What actually runs (SDPA's dispatch) for these inputs; None when it is the backend itself.
-    resolve: Callable[..., str] | None = None
+    resolve: Callable[[AttentionInputs], str] | None = None
 
     @property
     def name(self) -> str:
@@ -82,23 +76,30 @@ def _triton(spec: BackendSpec) -> Backend:
     def unsupported(case: Case) -> str | None:
         from flashbench.kernels import triton_flash
 
-        return triton_flash.unsupported_reason(
-            heads=case.heads, kv_heads=case.kv_heads, seq_len=case.seq_len, kv_len=case.kv_len,
-            head_dim=case.head_dim, dtype=torch_dtype(case.dtype), causal=case.causal)
+        return missing_features(case, triton_flash.FEATURES, "triton") \
+            or triton_flash.unsupported_reason(
+                heads=case.heads, kv_heads=case.kv_heads, seq_len=case.seq_len,
+                kv_len=case.kv_len, head_dim=case.head_dim, dtype=torch_dtype(case.dtype),
+                causal=case.causal)
 
-    def prepare(q, k, v, *, causal: bool, scale: float,
-                fp32_precision: str = "tf32") -> Callable[[], torch.Tensor]:
+    def prepare(inputs: AttentionInputs, fp32_precision: str = "tf32"
+                ) -> Callable[[], torch.Tensor]:
         from flashbench.kernels import triton_flash
 
-        return triton_flash.prepare(q, k, v, causal=causal, scale=scale,
+        return triton_flash.prepare(*inputs.tensors, causal=inputs.causal, scale=inputs.scale,
                                     fp32_precision=fp32_precision)
 
-    def resolve(q, k, v, *, causal: bool) -> str:
+    def resolve(inputs: AttentionInputs) -> str:
         from flashbench.kernels import triton_flash
 
-        return triton_flash.kernel_name(q, k, causal=causal)
+        return triton_flash.kernel_name(inputs.q, inputs.k, causal=inputs.causal)
 
     return Backend(spec, prepare, unavailable, unsupported, resolve=resolve)
+
+
+# SDPA takes a boolean mask (a window, a padded ragged batch) everywhere but in its flash
+# backend, and has no hook for a softcap: tanh of the scores is no additive mask.
+_SDPA_FEATURES = ("window", "ragged", "paged")
 
 
 def _sdpa(spec: BackendSpec) -> Backend:
@@ -115,18 +116,27 @@ def _sdpa(spec: BackendSpec) -> Backend:
             return "cuDNN is not available to this PyTorch"
         return None
 
+    def unsupported(case: Case) -> str | None:
+        if name == "sdpa-flash" and (case.window is not None or case.ragged is not None):
+            return ("sdpa-flash takes no explicit mask, so neither a sliding window nor a "
+                    "padded ragged batch")
+        reason = _causal_supported(case) or missing_features(case, _SDPA_FEATURES, "SDPA")
+        if reason and case.softcap is not None:
+            reason += " (it has no hook on the scores, and tanh is no additive mask)"
+        return reason
+
     # kernels.sdpa imports torch._dynamo (two seconds): only a sweep that runs SDPA pays for it.
-    def prepare(q, k, v, *, causal: bool, scale: float) -> Callable[[], torch.Tensor]:
+    def prepare(inputs: AttentionInputs) -> Callable[[], torch.Tensor]:
         from flashbench.kernels import sdpa
 
-        return sdpa.prepare(name, q, k, v, causal=causal, scale=scale)
+        return sdpa.prepare(name, inputs)
 
-    def resolve(q, k, v, *, causal: bool) -> str:
+    def resolve(inputs: AttentionInputs) -> str:
         from flashbench.kernels import sdpa
 
-        return sdpa.resolve(name, q, k, v, causal=causal)
+        return sdpa.resolve(name, inputs)
 
-    return Backend(spec, prepare, unavailable, _causal_supported, resolve=resolve)
+    return Backend(spec, prepare, unavailable, unsupported, resolve=resolve)
 
 
 def _naive(spec: BackendSpec) -> Backend:
@@ -138,18 +148,43 @@ def _naive(spec: BackendSpec) -> Backend:
 def _plugin(spec: BackendSpec) -> Backend:
     call = spec.call
     assert call is not None
-    if spec.prepares:
-        prepare = call
-    else:
-        def prepare(q, k, v, *, causal: bool, scale: float) -> Callable[[], torch.Tensor]:
-            return lambda: call(q, k, v, causal=causal, scale=scale)
+
+    def prepare(inputs: AttentionInputs) -> Callable[[], torch.Tensor]:
+        kwargs = {"causal": inputs.causal, "scale": inputs.scale} | _feature_arguments(inputs)
+        if spec.prepares:
+            return call(*inputs.tensors, **kwargs)
+        return lambda: call(*inputs.tensors, **kwargs)
 
     own = spec.unsupported
 
     def unsupported(case: Case) -> str | None:
-        return _causal_supported(case) or (own(case) if own is not None else None)
+        return _causal_supported(case) \
+            or missing_features(case, spec.features, f"plugin {spec.name}") \
+            or (own(case) if own is not None else None)
 
-    return Backend(spec, prepare, _never, unsupported, resolve=spec.resolve)
+    def resolve(inputs: AttentionInputs) -> str:
+        assert spec.resolve is not None
+        return spec.resolve(*inputs.tensors, causal=inputs.causal)
+
+    return Backend(spec, prepare, _never, unsupported,
+                   resolve=resolve if spec.resolve is not None else None)
+
+
+def _feature_arguments(inputs: AttentionInputs) -> dict:
+    """The keyword arguments a plugin gets for the features a case uses (and declared):
+    ``window``, ``softcap``; a ragged batch's ``cu_seqlens`` and ``max_seqlen``; a paged
+    cache's ``block_table`` and ``cache_seqlens``. A dense case passes none of them, so a
+    plugin written for dense attention keeps working."""
+    extra: dict = {}
+    if inputs.window is not None:
+        extra["window"] = inputs.window
+    if inputs.softcap is not None:
+        extra["softcap"] = inputs.softcap
+    if inputs.layout == "ragged":
+        extra |= {"cu_seqlens": inputs.cu_seqlens, "max_seqlen": inputs.max_seqlen}
+    if inputs.layout == "paged":
+        extra |= {"block_table": inputs.block_table, "cache_seqlens": inputs.cache_seqlens}
+    return extra
 
 
 _BY_FAMILY = {"triton": _triton, "sdpa": _sdpa, "naive": _naive, "plugin": _plugin}

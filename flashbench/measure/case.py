@@ -28,8 +28,9 @@ from flashbench.core.rows import blank_row
 from flashbench.core.stats import summarize
 from flashbench.measure.backends import Backend, get_backend, torch_dtype
 from flashbench.measure.precision import ieee_matmuls, matmul_precision
-from flashbench.measure.reference import (REFERENCE_CHUNK_BYTES, errors, reference_attention,
-                                          reference_gradients, tolerance)
+from flashbench.measure.inputs import AttentionInputs, make_inputs
+from flashbench.measure.reference import (REFERENCE_CHUNK_BYTES, errors,
+                                          reference_input_gradients, reference_output, tolerance)
 from flashbench.measure.telemetry import memory_used_bytes
 
 __all__ = ["Prepared", "Refused", "case_call", "fail", "finish_row", "make_inputs", "mode_call",
@@ -114,25 +115,11 @@ def case_call(case: Case, device: torch.device) -> Callable[[], Any]:
     reason = backend.unavailable(device) or backend.unsupported(case)
     if reason:
         raise Refused(reason)
-    q, k, v = make_inputs(case, device)
-    run = _prepared_call(case, backend, q, k, v,
-                         None if case.mode is Mode.FWD else _grad_output(case, q))
+    inputs = make_inputs(case, device)
+    run = _prepared_call(case, backend, inputs,
+                         None if case.mode is Mode.FWD else _grad_output(case, inputs.q))
     _first_call(run, case.backend)  # a refusal is raised here, as in a sweep
     return run
-
-
-def make_inputs(case: Case, device: torch.device, seed: int | None = None
-                ) -> tuple[torch.Tensor, ...]:
-    """Random normal Q, K, V drawn afresh per case from the case's own seed (or ``seed``)."""
-    gen = torch.Generator(device=device).manual_seed(case.seed if seed is None else seed)
-    dtype = torch_dtype(case.dtype)
-
-    def randn(heads: int, length: int) -> torch.Tensor:
-        return torch.randn(case.batch, heads, length, case.head_dim, generator=gen,
-                           device=device, dtype=dtype)
-
-    return randn(case.heads, case.seq_len), randn(case.kv_heads, case.kv_len), \
-        randn(case.kv_heads, case.kv_len)
 
 
 def mode_call(fn, mode: Mode, inputs: tuple[torch.Tensor, ...], dout: torch.Tensor | None):
@@ -181,18 +168,16 @@ def _grad_output(case: Case, q: torch.Tensor) -> torch.Tensor:
     return torch.randn(q.shape, generator=gen, device=q.device, dtype=q.dtype)
 
 
-def _prepared_call(case: Case, backend: Backend, q: torch.Tensor, k: torch.Tensor,
-                   v: torch.Tensor, dout: torch.Tensor | None,
-                   fp32_precision: str = "tf32") -> Callable[[], Any]:
+def _prepared_call(case: Case, backend: Backend, inputs: AttentionInputs,
+                   dout: torch.Tensor | None, fp32_precision: str = "tf32") -> Callable[[], Any]:
     """The backend prepared for the inputs (may tune and compile), as the mode's call."""
     if dout is not None:
-        for t in (q, k, v):
+        for t in inputs.tensors:
             t.requires_grad_()
     # Only a backend that follows the sweep's setting (ours) takes it; plugins never see it.
     extra = {"fp32_precision": fp32_precision} if backend.spec.fp32_matmul == "sweep" else {}
-    fn = backend.prepare(q, k, v, causal=case.causal, scale=1.0 / math.sqrt(case.head_dim),
-                         **extra)
-    return mode_call(fn, case.mode, (q, k, v), dout)
+    fn = backend.prepare(inputs, **extra)
+    return mode_call(fn, case.mode, inputs.tensors, dout)
 
 
 def _first_call(fn, backend_name: str) -> Any:
@@ -208,20 +193,18 @@ def _first_call(fn, backend_name: str) -> Any:
             raise
 
 
-def _references(case: Case, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                dout: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+def _references(inputs: AttentionInputs, dout: torch.Tensor | None
+                ) -> tuple[torch.Tensor, ...]:
     """What the case's result is checked against: the output, or (backward modes) the
     gradients; float32 on a GPU, float64 on a CPU."""
-    scale = 1.0 / math.sqrt(case.head_dim)
-    cuda = q.device.type == "cuda"
+    cuda = inputs.q.device.type == "cuda"
     dtype = torch.float32 if cuda else torch.float64
     # A float32 reference in TF32 (a program that turned it on) would be no reference.
     with ieee_matmuls() if cuda else nullcontext():
         if dout is None:
-            return (reference_attention(q, k, v, causal=case.causal, scale=scale, dtype=dtype),)
+            return (reference_output(inputs, dtype),)
         # Gradients are checked; the forward's output is checked by the fwd mode.
-        return reference_gradients(q, k, v, dout, causal=case.causal, scale=scale,
-                                   dtype=dtype)[1:]
+        return reference_input_gradients(inputs, dout, dtype)
 
 
 def _first_call_with_memory(row: dict[str, Any], run: Callable[[], Any], case: Case,
@@ -257,17 +240,17 @@ def _worst_errors(results: tuple[torch.Tensor, ...], refs: tuple[torch.Tensor, .
 def _prepare_into(row: dict[str, Any], case: Case, backend: Backend, device: torch.device,
                   policy: TimingPolicy, nvml_handle: Any | None, fp32_precision: str
                   ) -> list[Callable[[], Any]]:
-    q, k, v = make_inputs(case, device)
-    dout = None if case.mode is Mode.FWD else _grad_output(case, q)
-    refs = _references(case, q, k, v, dout)
+    inputs = make_inputs(case, device)
+    dout = None if case.mode is Mode.FWD else _grad_output(case, inputs.q)
+    refs = _references(inputs, dout)
     # Preparing may autotune and compile (our Triton kernel): timed apart from the samples.
     started = time.perf_counter()
-    run = _prepared_call(case, backend, q, k, v, dout, fp32_precision)
+    run = _prepared_call(case, backend, inputs, dout, fp32_precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     row["setup_ms"] = (time.perf_counter() - started) * 1e3
     result = _first_call_with_memory(row, run, case, device, nvml_handle)
-    row["resolved_backend"] = backend.resolve(q, k, v, causal=case.causal) \
+    row["resolved_backend"] = backend.resolve(inputs) \
         if backend.resolve is not None else case.backend
     # torch's TF32 flags as they are now, while the case runs.
     row["matmul_precision"] = matmul_precision(backend.spec, case.dtype, device,
@@ -284,7 +267,7 @@ def _prepare_into(row: dict[str, Any], case: Case, backend: Backend, device: tor
                          f"{allowed:g}")
     del result, refs
     calls = [run]
-    for copy in range(1, _input_copies(case, device, policy, (q, k, v, dout))):
+    for copy in range(1, _input_copies(case, device, policy, (*inputs.tensors, dout))):
         calls.append(_copy_call(case, backend, device, copy, fp32_precision))
     return calls
 
@@ -307,9 +290,10 @@ def _input_copies(case: Case, device: torch.device, policy: TimingPolicy,
 def _copy_call(case: Case, backend: Backend, device: torch.device, copy: int,
                fp32_precision: str) -> Callable[[], Any]:
     """The case's call on a fresh copy of its inputs (other values: nothing to share a cache)."""
-    q, k, v = make_inputs(case, device, seed=case.seed + 7919 * copy)
-    run = _prepared_call(case, backend, q, k, v,
-                         None if case.mode is Mode.FWD else _grad_output(case, q), fp32_precision)
+    inputs = make_inputs(case, device, seed=case.seed + 7919 * copy)
+    run = _prepared_call(case, backend, inputs,
+                         None if case.mode is Mode.FWD else _grad_output(case, inputs.q),
+                         fp32_precision)
     run()
     return run
 
@@ -323,6 +307,8 @@ def finish_row(row: dict[str, Any], samples: list[float], timer: str,
     row.update(stats.to_row(), samples_ms=samples, sample_rounds=rounds, timer=timer)
     seconds = stats.median_ms / 1e3
     row["tflops"] = row["flops"] / seconds / 1e12 if seconds > 0 else None
+    if row.get("tokens") is not None and seconds > 0:
+        row["tokens_per_s"] = row["tokens"] / seconds
     if row["hbm_bytes"] is not None and seconds > 0:
         row["gbps"] = row["hbm_bytes"] / seconds / 1e9
     row.update(roofline_fields(row, ceilings))

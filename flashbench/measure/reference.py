@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from flashbench.measure.inputs import AttentionInputs, dense_kv
+from flashbench.measure.masks import apply_softcap, keep_mask
+
 __all__ = ["FP32_IEEE_TOLERANCE", "REFERENCE_CHUNK_BYTES", "TOLERANCE", "errors",
-           "reference_attention", "reference_gradients", "tolerance"]
+           "reference_attention", "reference_gradients", "reference_input_gradients",
+           "reference_output", "tolerance"]
 
 # Relative Frobenius error allowed per input dtype. 16-bit outputs carry rounding of about
 # 2^-9 (bf16) / 2^-12 (fp16) per element, plus P rounded to the input dtype before P·V in
@@ -28,25 +32,31 @@ def tolerance(dtype: str, matmul_precision: str | None) -> float:
         else TOLERANCE[dtype]
 
 
+def _masked_out(seq_len: int, kv_len: int, group: int, causal: bool, window: int | None,
+                device: torch.device) -> torch.Tensor | None:
+    """The pairs not attended, for the query heads of one group stacked along the rows."""
+    keep = keep_mask(seq_len, kv_len, causal=causal, window=window, device=device)
+    return None if keep is None else (~keep).repeat(group, 1)
+
+
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
-                        scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """softmax(Q·Kᵀ·scale)·V upcast to ``dtype``, in chunks of heads so it fits beside the case."""
+                        scale: float, dtype: torch.dtype, window: int | None = None,
+                        softcap: float | None = None) -> torch.Tensor:
+    """softmax(cap(Q·Kᵀ·scale))·V upcast to ``dtype``, in chunks of heads so it fits beside
+    the case."""
     batch, heads, seq_len, head_dim = q.shape
     kv_heads, kv_len = k.shape[1], k.shape[2]
     group = heads // kv_heads
     qf = q.reshape(batch * kv_heads, group * seq_len, head_dim)
     kf = k.reshape(batch * kv_heads, kv_len, head_dim)
     vf = v.reshape(batch * kv_heads, kv_len, head_dim)
-    masked_out = None
-    if causal:
-        keep = torch.ones(seq_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - seq_len)
-        masked_out = (~keep).repeat(group, 1)
+    masked_out = _masked_out(seq_len, kv_len, group, causal, window, q.device)
     out = torch.empty(qf.shape, dtype=dtype, device=q.device)
     per_slice = group * seq_len * kv_len * torch.finfo(dtype).bits // 8
     step = max(1, REFERENCE_CHUNK_BYTES // max(per_slice, 1))
     for i in range(0, qf.shape[0], step):
         s = torch.bmm(qf[i:i + step].to(dtype), kf[i:i + step].to(dtype).transpose(1, 2))
-        s.mul_(scale)
+        apply_softcap(s.mul_(scale), softcap)
         if masked_out is not None:
             s.masked_fill_(masked_out, float("-inf"))
         out[i:i + step] = torch.bmm(torch.softmax(s, dim=-1), vf[i:i + step].to(dtype))
@@ -64,7 +74,8 @@ def errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 
 
 def reference_gradients(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, *,
-                        causal: bool, scale: float, dtype: torch.dtype
+                        causal: bool, scale: float, dtype: torch.dtype,
+                        window: int | None = None, softcap: float | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(out, dq, dk, dv) in ``dtype`` by autograd, one KV head (and its query group) at a time.
 
@@ -78,14 +89,13 @@ def reference_gradients(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout:
     kf = k.detach().reshape(batch * kv_heads, kv_len, head_dim)
     vf = v.detach().reshape(batch * kv_heads, kv_len, head_dim)
     df = dout.detach().reshape(batch * kv_heads, group * seq_len, head_dim)
-    masked_out = None
-    if causal:
-        keep = torch.ones(seq_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - seq_len)
-        masked_out = (~keep).repeat(group, 1)
+    masked_out = _masked_out(seq_len, kv_len, group, causal, window, q.device)
     results = [torch.empty(t.shape, dtype=dtype, device=q.device) for t in (qf, qf, kf, vf)]
     for i in range(qf.shape[0]):
         qi, ki, vi = (t[i].to(dtype).requires_grad_() for t in (qf, kf, vf))
         s = qi @ ki.T * scale
+        if softcap is not None:
+            s = softcap * torch.tanh(s / softcap)  # out of place: autograd differentiates it
         if masked_out is not None:
             s = s.masked_fill(masked_out, float("-inf"))
         out = torch.softmax(s, dim=-1) @ vi
@@ -94,3 +104,42 @@ def reference_gradients(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout:
             result[i] = value
     out, dq, dk, dv = results
     return (out.view(q.shape), dq.view(q.shape), dk.view(k.shape), dv.view(v.shape))
+
+
+def _sequences(inputs: AttentionInputs):
+    """(start, end) of each sequence of a ragged batch, and its tensors as (1, heads, n, D)."""
+    start = 0
+    for n in inputs.seq_lens:
+        yield start, start + n, tuple(t[start:start + n].transpose(0, 1).unsqueeze(0)
+                                      for t in inputs.tensors)
+        start += n
+
+
+def reference_output(inputs: AttentionInputs, dtype: torch.dtype) -> torch.Tensor:
+    """The reference output in the inputs' layout (packed for a ragged batch)."""
+    mask = dict(causal=inputs.causal, scale=inputs.scale, dtype=dtype, window=inputs.window,
+                softcap=inputs.softcap)
+    if inputs.layout == "paged":
+        return reference_attention(inputs.q, *dense_kv(inputs), **mask)
+    if inputs.layout == "dense":
+        return reference_attention(*inputs.tensors, **mask)
+    out = torch.empty(inputs.q.shape, dtype=dtype, device=inputs.q.device)
+    for start, end, (q, k, v) in _sequences(inputs):
+        out[start:end] = reference_attention(q, k, v, **mask)[0].transpose(0, 1)
+    return out
+
+
+def reference_input_gradients(inputs: AttentionInputs, dout: torch.Tensor, dtype: torch.dtype
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) in the inputs' layout (a paged cache has no backward)."""
+    mask = dict(causal=inputs.causal, scale=inputs.scale, dtype=dtype, window=inputs.window,
+                softcap=inputs.softcap)
+    if inputs.layout == "dense":
+        return reference_gradients(*inputs.tensors, dout, **mask)[1:]
+    assert inputs.layout == "ragged", "a paged KV cache has no backward"
+    grads = tuple(torch.empty(t.shape, dtype=dtype, device=t.device) for t in inputs.tensors)
+    for start, end, tensors in _sequences(inputs):
+        d = dout[start:end].transpose(0, 1).unsqueeze(0)
+        for whole, part in zip(grads, reference_gradients(*tensors, d, **mask)[1:]):
+            whole[start:end] = part[0].transpose(0, 1)
+    return grads

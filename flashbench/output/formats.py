@@ -70,7 +70,12 @@ def tokens(n: float) -> str:
 
 
 def shape_value(field: str, value: Any) -> str:
-    """A shape field's value as tables show it: causal as causal/full, the rest as they are."""
+    """A shape field's value as tables show it: causal as causal/full, a mask or layout field
+    that is not set as "-", the rest as they are."""
     if field == "causal":
         return "causal" if value else "full"
+    if is_missing(value):
+        return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # a softcap of 50.0; a window read back through pandas
     return str(value)

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import pandas as pd
 from rich.text import Text
 
-from flashbench.core.cases import SHAPE_FIELDS, Status
+from flashbench.core.cases import NEWER_CASE_FIELDS, SHAPE_FIELDS, Status
 from flashbench.core.rows import by_shape
 from flashbench.output.fit import Column, Grid
 from flashbench.output.formats import (binary_size, is_missing, milliseconds, number,
@@ -56,7 +56,8 @@ def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def varying_shape_fields(rows: list[dict[str, Any]]) -> list[str]:
     """Shape fields that differ between rows; kv_len and kv_heads only where they differ
     from seq_len and heads (otherwise they repeat those columns)."""
-    varying = [f for f in SHAPE_FIELDS if len({r[f] for r in rows}) > 1]
+    varying = [f for f in SHAPE_FIELDS
+               if len({None if is_missing(r.get(f)) else r.get(f) for r in rows}) > 1]
     for derived, base in (("kv_len", "seq_len"), ("kv_heads", "heads")):
         if derived in varying and all(r[derived] == r[base] for r in rows):
             varying.remove(derived)
@@ -116,7 +117,7 @@ def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Grid:
             for col, cell in zip(cols, _sweep_cells(cells.get(b), fastest, clock, metrics, seen)):
                 col.cells.append(cell)
     fixed = " ".join(f"{f}={shape_value(f, rows[0][f])}" for f in SHAPE_FIELDS
-                     if len({r[f] for r in rows}) == 1)
+                     if len({r[f] for r in rows}) == 1 and not is_missing(rows[0][f]))
     memory = ["mem: peak allocated beyond the inputs (binary units)"] \
         if any(label == "mem" for label, _ in metrics) else []
     return Grid(f"{title}\n{fixed}" if fixed else title, keys, groups,
@@ -135,7 +136,11 @@ def failure_notes(rows: list[dict[str, Any]], limit: int = 12) -> list[str]:
 
 
 def _shape_cell(field: str, value: Any) -> str:
-    return shape_value(field, value) if field == "causal" else number(value)
+    return shape_value(field, value) if field in _TEXT_FIELDS else number(value)
+
+
+# Shape fields shown as words, not numbers: the mask, and the fields a dense case leaves unset.
+_TEXT_FIELDS = ("causal", *NEWER_CASE_FIELDS)
 
 
 def _varying_shape(frame: pd.DataFrame) -> list[str]:
@@ -144,9 +149,11 @@ def _varying_shape(frame: pd.DataFrame) -> list[str]:
 
 
 def fixed_shape(frame: pd.DataFrame) -> str:
-    """The shape fields that are the same in every row, as one line."""
-    return " ".join(f"{f}={frame[f].iloc[0]}" for f in SHAPE_FIELDS
-                    if f in frame and frame[f].nunique() == 1)
+    """The shape fields that are the same in every row, as one line (a mask or layout field
+    no row sets is left out)."""
+    return " ".join(f"{f}={shape_value(f, frame[f].iloc[0])}" for f in SHAPE_FIELDS
+                    if f in frame and frame[f].nunique() == 1
+                    and not is_missing(frame[f].iloc[0]))
 
 
 def _backend_ms(r: pd.Series, b: str) -> str:

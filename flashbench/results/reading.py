@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flashbench.core.cases import Case, RunStatus, case_key
+from flashbench.core.cases import NEWER_CASE_FIELDS, Case, RunStatus, case_key
 from flashbench.core.errors import UserError, quoted
 from flashbench.core.rows import RowError, check_row
 from flashbench.results.store import META, RESULTS
@@ -169,6 +169,8 @@ def _read(path: Path) -> tuple[list[dict[str, Any]], int | None]:
             row = check_row(data)
         except RowError as e:
             raise UserError(f"{path}:{number}: not a flashbench result row ({e})") from None
+        for f in NEWER_CASE_FIELDS:  # a row from before these fields: the dense case
+            row.setdefault(f, None)
         first = seen.setdefault(case_key(row), number)
         if first != number:
             raise UserError(f"{path}:{number}: the case {Case.from_dict(row).label()} is on "
