@@ -3,7 +3,8 @@
 import pytest
 
 from flashbench.core.cases import Mode
-from flashbench.core.config import expand_cases, list_presets, load_config
+from flashbench.core.config import list_presets, load_config
+from flashbench.core.grid import expand_cases
 from flashbench.core.errors import UserError
 
 

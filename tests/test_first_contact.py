@@ -23,7 +23,9 @@ runner = CliRunner()
 
 
 def test_presets_are_named_for_what_they_are_and_old_names_still_load(capsys):
-    assert set(list_presets()) == {"cpu", "decode", "default", "prefill", "quick", "train"}
+    assert set(list_presets()) == {"cpu", "decode", "default", "prefill", "quick", "train",
+                                   "llama-3.1-8b", "llama-3.1-70b", "qwen2.5-7b", "mistral-7b",
+                                   "gemma-2-9b", "phi-3-mini"}
     cfg = load_config("h100-prefill")
     assert cfg.name == "prefill"
     assert "preset 'h100-prefill' is now called 'prefill'" in capsys.readouterr().err

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from flashbench.core.cases import Case, Mode
-from flashbench.core.config import SweepConfig, expand_cases
+from flashbench.core.config import SweepConfig
+from flashbench.core.grid import expand_cases
 from flashbench.core.errors import UserError
 from flashbench.sweep.schedule import (case_seconds, comparison_groups, group_micros, longest_first,
                                  partition)
@@ -115,7 +116,8 @@ def test_balance_beats_dealing_in_turn():
 
 SUBPROCESS = """
 import json, sys
-from flashbench.core.config import SweepConfig, expand_cases
+from flashbench.core.config import SweepConfig
+from flashbench.core.grid import expand_cases
 from flashbench.sweep.shard import Shard, shard_cases
 cfg = SweepConfig.model_validate(json.loads(sys.argv[1]))
 print(json.dumps([[c.to_dict() for c in shard_cases(expand_cases(cfg), Shard(i, 5),

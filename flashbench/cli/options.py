@@ -39,6 +39,12 @@ _SHAPE_FLAGS: dict[str, tuple[str, str]] = {
     "dtype": ("fp16, bf16 or fp32 (comma-separated).", "fp16, bf16 or fp32 [default: bf16]."),
     "causal": ("Only causal, or only full attention.", "Causal mask [default: no]."),
     "mode": ("fwd, bwd (backward alone) or fwd_bwd.", "fwd, bwd or fwd_bwd [default: fwd]."),
+    "window": ("Sliding windows in keys left of the causal diagonal, e.g. none,4096 (needs "
+               "causal).", "Sliding window [default: none]."),
+    "softcap": ("Logit softcaps c (scores become c·tanh(s/c)), e.g. none,50.",
+                "Logit softcap [default: none]."),
+    "page_size": ("Paged KV cache page sizes, e.g. 16,256 (mode fwd).",
+                  "Page size [default: none]."),
 }
 
 
@@ -59,6 +65,23 @@ def int_list(flag: str, text: Optional[str]) -> Optional[list[int]]:
         except ValueError:
             raise UserError(f"{flag}: {part.strip()!r} is not an integer "
                             f"(give a comma-separated list such as 1024,2048)") from None
+    return values
+
+
+def optional_list(flag: str, text: Optional[str], kind: type) -> Optional[list[Any]]:
+    """A comma-separated list of numbers where ``none`` means the feature off."""
+    if text is None:
+        return None
+    values: list[Any] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.lower() in ("none", "null"):
+            values.append(None)
+            continue
+        try:
+            values.append(kind(part))
+        except ValueError:
+            raise UserError(f"{flag}: {part!r} is not {'an integer' if kind is int else 'a number'}"
+                            f" or none (give a list such as none,4096)") from None
     return values
 
 

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from flashbench.cli.app import command
-from flashbench.cli.options import (PLUGINS, PROGRESS, RESULTS_DIR, int_list, shape_flag,
-                                    str_list)
+from flashbench.cli.options import (PLUGINS, PROGRESS, RESULTS_DIR, int_list, optional_list,
+                                    shape_flag, str_list)
 from flashbench.core.errors import EXIT_FAILED, EXIT_INTERRUPTED
 
 __all__ = ["merge", "run"]
@@ -66,6 +66,9 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
         head_dim: Optional[str] = shape_flag("head_dim"),
         batch: Optional[str] = shape_flag("batch"), dtype: Optional[str] = shape_flag("dtype"),
         causal: Optional[bool] = shape_flag("causal"), mode: Optional[str] = shape_flag("mode"),
+        window: Optional[str] = shape_flag("window"),
+        softcap: Optional[str] = shape_flag("softcap"),
+        page_size: Optional[str] = shape_flag("page_size"),
         device: Optional[str] = DEVICE, l2: Optional[str] = L2,
         budget_ms: Optional[float] = BUDGET_MS, timer: Optional[str] = TIMER,
         interleave: Optional[bool] = INTERLEAVE, threads: Optional[int] = THREADS,
@@ -80,14 +83,15 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
     Exit 0 when the sweep finished, 1 with --strict and a failed case, 2 for bad input, 130
     when interrupted (Ctrl-C or SIGTERM; finish it with --resume).
     """
-    overrides = {
-        "backends": str_list(backends), "seq_len": int_list("--seq-len", seq_len),
-        "kv_len": int_list("--kv-len", kv_len), "heads": int_list("--heads", heads),
-        "kv_heads": int_list("--kv-heads", kv_heads),
-        "head_dim": int_list("--head-dim", head_dim), "batch": int_list("--batch", batch),
-        "dtype": str_list(dtype), "causal": None if causal is None else [causal],
-        "mode": str_list(mode), "device": device, "l2": l2, "budget_ms": budget_ms,
-        "case_timeout_s": case_timeout, "timer": timer, "interleave": interleave,
+    sizes = dict(seq_len=seq_len, kv_len=kv_len, heads=heads, kv_heads=kv_heads,
+                 head_dim=head_dim, batch=batch)
+    overrides = {k: int_list(f"--{k.replace('_', '-')}", v) for k, v in sizes.items()} | {
+        "backends": str_list(backends), "dtype": str_list(dtype), "mode": str_list(mode),
+        "causal": None if causal is None else [causal],
+        "window": optional_list("--window", window, int),
+        "softcap": optional_list("--softcap", softcap, float),
+        "page_size": optional_list("--page-size", page_size, int), "device": device, "l2": l2,
+        "budget_ms": budget_ms, "case_timeout_s": case_timeout, "timer": timer, "interleave": interleave,
         "threads": threads, "fp32_precision": fp32_precision,
     }
     from flashbench.sweep.launch import SweepRequest, launch

@@ -7,20 +7,20 @@ import math
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictFloat,
+                      StrictInt, ValidationError, field_validator, model_validator)
 
 from flashbench.core import ragged, registry, safe_yaml
-from flashbench.core.cases import Case, Mode
+from flashbench.core.cases import Mode
 from flashbench.core.errors import UserError, did_you_mean, quoted
 
 __all__ = [
+    "MAX_CASES",
     "SweepConfig",
     "TimingPolicy",
-    "expand_cases",
     "format_validation_error",
     "list_presets",
     "load_config",
@@ -30,11 +30,11 @@ __all__ = [
 
 # The axes whose product is the grid, and the most cases one sweep may hold: the largest
 # preset has 288; at a second a case, 100,000 take a day and more.
-_AXES = ("backends", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim",
+AXES = ("backends", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim",
          "dtype", "causal", "window", "softcap", "seq_lens", "page_size")
 MAX_CASES = 100_000
 # Sizes beyond these are typos, not experiments (a 2^24-token sequence is already 16M tokens).
-_MAX = {"batch": 1 << 16, "heads": 1024, "kv_heads": 1024, "seq_len": 1 << 24,
+MAX_SIZE = {"batch": 1 << 16, "heads": 1024, "kv_heads": 1024, "seq_len": 1 << 24,
         "kv_len": 1 << 24, "head_dim": 1024}
 
 
@@ -111,6 +111,11 @@ class SweepConfig(BaseModel):
     fp32_precision: Literal["tf32", "ieee"] = "tf32"
     # Beyond this a case is a hang: its worker is killed and replaced (at most a day).
     case_timeout_s: StrictFloat = Field(600.0, gt=0, le=86400)
+    # Several grids in one sweep (a model's ragged prefill and its paged decode): each entry
+    # sets some of the grid keys (AXES) over the ones above; the cases are the union of the
+    # entries' grids, and the keys above are only their defaults.
+    sweeps: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=64)
+    _parts: list[SweepConfig] = PrivateAttr(default_factory=list)
 
     @field_validator("backends", "mode", "batch", "heads", "kv_heads", "seq_len", "kv_len",
                      "head_dim", "dtype", "causal", "window", "softcap", "page_size",
@@ -148,10 +153,32 @@ class SweepConfig(BaseModel):
                                  f" allowed: {', '.join(known)} (or a plugin's: --plugin FILE)")
         return list(dict.fromkeys(names))
 
+    @model_validator(mode="after")
+    def _sweep_parts(self) -> SweepConfig:
+        if self.sweeps is None:
+            return self
+        base = self.model_dump(exclude={"sweeps"})
+        for i, part in enumerate(self.sweeps):
+            unknown = [k for k in part if k not in AXES]
+            if unknown:
+                raise ValueError(f"sweeps[{i}]: {quoted(unknown[0])} is not a grid key; an "
+                                 f"entry sets some of {', '.join(AXES)}")
+            try:
+                self._parts.append(SweepConfig.model_validate(base | part))
+            except ValidationError as e:
+                raise ValueError(f"sweeps[{i}]: {format_validation_error(e, 'entry')}"
+                                 .replace("entry: ", "", 1)) from None
+        return self
+
+    @property
+    def grids(self) -> list[SweepConfig]:
+        """The grids whose union is the sweep: its sweeps entries, or itself."""
+        return self._parts or [self]
+
     @field_validator("batch", "heads", "kv_heads", "seq_len", "kv_len", "head_dim")
     @classmethod
     def _sizes_in_range(cls, values: list[int | None], info) -> list[int | None]:
-        limit = _MAX[info.field_name]
+        limit = MAX_SIZE[info.field_name]
         for v in values:
             if v is not None and not 1 <= v <= limit:
                 raise ValueError(f"must be between 1 and {limit}, got {v}")
@@ -254,8 +281,13 @@ def load_config(config: str, overrides: dict[str, Any] | None = None) -> SweepCo
             data.setdefault("timing", {})
             if isinstance(data["timing"], dict):
                 data["timing"][key] = value
-        else:
-            data[key] = value
+            continue
+        data[key] = value
+        # A flag wins over every part of a config of several sweeps, not only its defaults.
+        if key in AXES and isinstance(data.get("sweeps"), list):
+            for part in data["sweeps"]:
+                if isinstance(part, dict):
+                    part[key] = value
     return validate_config(data, source)
 
 
@@ -265,9 +297,13 @@ def validate_config(data: dict[str, Any], source: str) -> SweepConfig:
         cfg = SweepConfig.model_validate(data)
     except ValidationError as e:
         raise UserError(format_validation_error(e, source)) from None
-    _check_head_groups(cfg, source)
-    _check_grid_size(cfg, source)
-    _check_combinations(cfg, source)
+    for grid in cfg.grids:
+        _check_head_groups(grid, source)
+        _check_grid_size(grid, source)
+        _check_combinations(grid, source)
+    if sum(_grid_size(grid) for grid in cfg.grids) > MAX_CASES:
+        raise UserError(f"{source}: the sweeps hold more than {MAX_CASES:,} cases; at most "
+                        f"{MAX_CASES:,} in one sweep")
     return cfg
 
 
@@ -306,54 +342,21 @@ def _check_combinations(cfg: SweepConfig, source: str) -> None:
             raise UserError(f"{source}: seq_lens (a ragged batch) and page_size (a paged cache) "
                             f"do not combine; give null in one of them")
     for spec in cfg.seq_lens:
-        if spec is not None and any(len(lens) > _MAX["batch"]
+        if spec is not None and any(len(lens) > MAX_SIZE["batch"]
                                     for lens in ragged.expand(spec, cfg.batch)):
-            raise UserError(f"{source}: seq_lens: at most {_MAX['batch']} sequences")
+            raise UserError(f"{source}: seq_lens: at most {MAX_SIZE['batch']} sequences")
 
 
 def _check_grid_size(cfg: SweepConfig, source: str) -> None:
     """Refuse a grid too large to ever finish, before it is expanded (ten axes of twenty
     values are 10^13 cases, which a 200-byte file can ask for)."""
-    size = math.prod(len(dict.fromkeys(getattr(cfg, axis))) for axis in _AXES)
+    size = _grid_size(cfg)
     if size > MAX_CASES:
         raise UserError(f"{source}: the grid has {size:,} cases (the product of the lengths of "
-                        f"{', '.join(_AXES)}); at most {MAX_CASES:,} in one sweep")
+                        f"{', '.join(AXES)}); at most {MAX_CASES:,} in one sweep")
 
 
-def expand_cases(cfg: SweepConfig) -> list[Case]:
-    """The cartesian grid, backends innermost so that one shape's backends run back to back.
-
-    Combinations that mean nothing are left out, not refused: a window without the causal
-    mask, a paged cache in a backward mode, a ragged batch with a paged cache (validate_config
-    refuses a config where that leaves a value unused)."""
-    cases: list[Case] = []
-    for mode, dtype, causal, window, softcap, page_size, head_dim in itertools.product(
-            cfg.mode, cfg.dtype, cfg.causal, cfg.window, cfg.softcap, cfg.page_size,
-            cfg.head_dim):
-        if (window is not None and not causal) or (page_size is not None and mode != Mode.FWD):
-            continue
-        for spec in cfg.seq_lens:
-            if spec is not None and page_size is not None:
-                continue
-            for batch, heads, kv_heads, seq_len, kv_len in _shapes(cfg, spec):
-                for backend in cfg.backends:
-                    cases.append(Case(
-                        backend=backend, mode=Mode(mode), batch=batch, heads=heads,
-                        kv_heads=heads if kv_heads is None else kv_heads,
-                        seq_len=seq_len, kv_len=kv_len, head_dim=head_dim, dtype=dtype,
-                        causal=causal, window=window, softcap=softcap, ragged=spec,
-                        page_size=page_size))
-    return list(dict.fromkeys(cases))
-
-
-def _shapes(cfg: SweepConfig, spec: str | None) -> Iterator[tuple[int, int, int | None, int, int]]:
-    """(batch, heads, kv_heads, seq_len, kv_len) of the grid; for a ragged spec its batch
-    sizes, each padded length the longest sequence (queries and keys are the same tokens)."""
-    if spec is None:
-        for batch, heads, kv_heads, seq_len, kv_len in itertools.product(
-                cfg.batch, cfg.heads, cfg.kv_heads, cfg.seq_len, cfg.kv_len):
-            yield batch, heads, kv_heads, seq_len, seq_len if kv_len is None else kv_len
-        return
-    for lens, heads, kv_heads in itertools.product(ragged.expand(spec, cfg.batch), cfg.heads,
-                                                   cfg.kv_heads):
-        yield len(lens), heads, kv_heads, max(lens), max(lens)
+def _grid_size(cfg: SweepConfig) -> int:
+    """The product of the grid's axis lengths: what it holds at most (before combinations
+    that mean nothing are left out)."""
+    return math.prod(len(dict.fromkeys(getattr(cfg, axis))) for axis in AXES)

@@ -178,5 +178,5 @@ def by_shape(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]
     order of first appearance: the side-by-side view of a run."""
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(tuple(r[f] for f in SHAPE_FIELDS), {})[r["backend"]] = r
+        groups.setdefault(tuple(r.get(f) for f in SHAPE_FIELDS), {})[r["backend"]] = r
     return groups

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from flashbench.core.cases import Case, RunStatus, Status
-from flashbench.core.config import expand_cases, validate_config
+from flashbench.core.config import validate_config
+from flashbench.core.grid import expand_cases
 from flashbench.core.errors import UserError
 from flashbench.core.subprocesses import python_module_command
 

@@ -74,7 +74,7 @@ def machine_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     clock = run_clock(timed)
     out = []
     for r in timed:
-        line = {f: shape_value(f, r[f]) for f in fields}
+        line = {f: shape_value(f, r.get(f)) for f in fields}
         line |= {label: number(r.get(key), digits) for key, label, digits in _MACHINE_COLUMNS}
         line["throttle"] = (r.get("throttle") or "") + ("!" if off_clock(r, clock) else "")
         out.append(line)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from flashbench.core.cases import Case, RunStatus, case_key
-from flashbench.core.config import SweepConfig, expand_cases, validate_config
+from flashbench.core.config import SweepConfig, validate_config
+from flashbench.core.grid import expand_cases
 from flashbench.core.environment import SAME_MACHINE, environment_differences
 from flashbench.core.errors import UserError
 from flashbench.core.load import load_average
@@ -163,6 +164,7 @@ def resume_sweep(ref: str | Path, out_root: Path, options: SweepOptions = SweepO
         _mend(run)
         rows = read_rows(path) if run.results_path.exists() else []
         done = {case_key(r) for r in rows}
+        _refuse_foreign(rows, cases, run.results_path)
         todo = [c for c in cases if case_key(c.to_dict()) not in done]
         if not todo:
             if meta.get("status") != RunStatus.COMPLETED:
@@ -177,6 +179,17 @@ def resume_sweep(ref: str | Path, out_root: Path, options: SweepOptions = SweepO
                             load_before)
     finally:
         run.close()
+
+
+def _refuse_foreign(rows: list[dict], cases: list[Case], path: Path) -> None:
+    """A row of a case the run's config does not hold is damage (or another run's row): a
+    resume would run the real case again beside it, and the run would hold both."""
+    planned = {case_key(c.to_dict()) for c in cases}
+    for number, row in enumerate(rows, start=1):
+        if case_key(row) not in planned:
+            raise UserError(f"--resume: {path}: row {number} ({Case.from_dict(row).label()}) "
+                            f"is not a case of the run's config; the file is damaged or "
+                            f"another run's")
 
 
 def _mend(run: RunFolder) -> None:
