@@ -12,7 +12,7 @@ import pandas as pd
 from flashbench.core import registry
 from flashbench.core.cases import CASE_FIELDS, SHAPE_FIELDS, Status, case_key
 from flashbench.core.rows import by_shape
-from flashbench.core.stats import summarize
+from flashbench.core.stats import GATE_CONFIDENCE, summarize
 from flashbench.results.clocks import clocks_differ, off_clock, run_clock
 from flashbench.results.intervals import (RatioEstimate, detectable_slowdown, ratio_of_medians,
                                           speedup_interval)
@@ -128,7 +128,7 @@ def _verdict(est: RatioEstimate, threshold: float) -> str:
 
 
 def timing_verdict(baseline: list[float], current: list[float], *, threshold: float,
-                   confidence: float = 0.99) -> tuple[str, RatioEstimate]:
+                   confidence: float = GATE_CONFIDENCE) -> tuple[str, RatioEstimate]:
     """regression / improvement / unchanged for two sets of raw samples of one case.
 
     A change counts only when it is both large (the ratio of medians beyond the threshold) and
@@ -185,7 +185,7 @@ _NUMBERS = ("base_median_ms", "current_median_ms", "ratio", "ci_low", "ci_high",
 
 
 def compare_runs(base_rows: list[dict[str, Any]], cur_rows: list[dict[str, Any]], *,
-                 threshold: float = 0.05, confidence: float = 0.99) -> pd.DataFrame:
+                 threshold: float = 0.05, confidence: float = GATE_CONFIDENCE) -> pd.DataFrame:
     """The same cases of two runs side by side, with a verdict per case.
 
     Verdicts: ``regression`` (current slower than the baseline by more than ``threshold`` and
