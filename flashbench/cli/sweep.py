@@ -25,6 +25,10 @@ TIMER = typer.Option(None, help="events: CUDA events around each call; graph: ca
                                 "from a CUDA graph (kernels under ~20 us); profiler: the device "
                                 "time of the kernels a call launches (CUPTI). GPU only but "
                                 "events [default: events].")
+DETECT = typer.Option(None, metavar="PCT|off",
+                      help="Sample each case, within its budget, until check could see a "
+                           "slowdown of this size between two runs like it (timing.detect); "
+                           "off: the RSE rule alone [default: 5%].")
 INTERLEAVE = typer.Option(None, "--interleave/--no-interleave",
                           help="Time the backends of each shape in alternating rounds, so that "
                                "a clock change hits them alike, or one after another "
@@ -67,7 +71,8 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
         batch: Optional[str] = shape_flag("batch"), dtype: Optional[str] = shape_flag("dtype"),
         causal: Optional[bool] = shape_flag("causal"), mode: Optional[str] = shape_flag("mode"),
         device: Optional[str] = DEVICE, l2: Optional[str] = L2,
-        budget_ms: Optional[float] = BUDGET_MS, timer: Optional[str] = TIMER,
+        budget_ms: Optional[float] = BUDGET_MS, detect: Optional[str] = DETECT,
+        timer: Optional[str] = TIMER,
         interleave: Optional[bool] = INTERLEAVE, threads: Optional[int] = THREADS,
         fp32_precision: Optional[str] = FP32_PRECISION,
         case_timeout: Optional[float] = CASE_TIMEOUT,
@@ -88,7 +93,7 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
         "dtype": str_list(dtype), "causal": None if causal is None else [causal],
         "mode": str_list(mode), "device": device, "l2": l2, "budget_ms": budget_ms,
         "case_timeout_s": case_timeout, "timer": timer, "interleave": interleave,
-        "threads": threads, "fp32_precision": fp32_precision,
+        "threads": threads, "fp32_precision": fp32_precision, "detect": _detect(detect),
     }
     from flashbench.sweep.launch import SweepRequest, launch
     from flashbench.sweep.runner import Interrupted, SweepFailed, SweepOptions
@@ -116,6 +121,17 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
     for note in summary.notes:
         typer.echo(note, err=True)
     raise typer.Exit(summary.exit_code)
+
+
+def _detect(text: Optional[str]) -> float | str | None:
+    """--detect as timing.detect: a share read as check reads its --threshold, or off."""
+    if text is None:
+        return None
+    if text.strip().lower() == "off":
+        return "off"  # TimingPolicy reads it as None; None here would mean "not given"
+    from flashbench.results.check import parse_threshold
+
+    return parse_threshold(text, "--detect")
 
 
 @command(short_help="Combine the shards of one sweep into one run.")

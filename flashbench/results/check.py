@@ -34,20 +34,20 @@ STRICT_FAILING = (BLIND, CLOCK_CHANGED)
 MAX_THRESHOLD = 10.0
 
 
-def parse_threshold(text: str) -> float:
-    """'5%', '5' and '0.05' all mean five percent."""
+def parse_threshold(text: str, flag: str = "--threshold") -> float:
+    """'5%', '5' and '0.05' all mean five percent (``run --detect`` reads them alike)."""
     raw = text.strip().removesuffix("%")
     try:
         value = float(raw)
     except ValueError:
-        raise UserError(f"--threshold: {quoted(text)} is not a percentage such as 5%") from None
+        raise UserError(f"{flag}: {quoted(text)} is not a percentage such as 5%") from None
     if not math.isfinite(value):  # float() takes 'inf' and 'nan'; no comparison holds for nan
-        raise UserError(f"--threshold: {quoted(text)} is not a finite percentage; give one "
+        raise UserError(f"{flag}: {quoted(text)} is not a finite percentage; give one "
                         f"such as 5%")
     if text.strip().endswith("%") or value >= 1:
         value /= 100
     if not 0 < value < MAX_THRESHOLD:
-        raise UserError(f"--threshold: {quoted(text)} must be above 0% and below "
+        raise UserError(f"{flag}: {quoted(text)} must be above 0% and below "
                         f"{MAX_THRESHOLD:.0%}")
     return value
 
