@@ -41,6 +41,17 @@ def test_run_writes_rows_meta_and_prints_the_table(tmp_path):
     assert f"results: {run_dir}" in result.stderr
 
 
+@pytest.mark.parametrize("flag, recorded", [("2%", 0.02), ("0.1", 0.1), ("off", None)])
+def test_detect_flag_is_read_as_checks_threshold_and_recorded(tmp_path, flag, recorded):
+    result = invoke("run", "--config", "cpu", "--backends", "naive", "--seq-len", "16",
+                    "--no-causal", "--budget-ms", "5", "--detect", flag, "--no-isolate",
+                    "--no-progress", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = tmp_path.iterdir()
+    assert json.loads((run_dir / "meta.json").read_text())["config"]["timing"]["detect"] \
+        == recorded
+
+
 @pytest.mark.parametrize("args, message", [
     (["--backends", "naive,flash3"], "unknown backend 'flash3'"),
     (["--seq-len", "1k"], "--seq-len: '1k' is not an integer"),
@@ -68,6 +79,9 @@ def test_bad_input_exits_2_with_one_line_and_leaves_nothing(tmp_path, args, mess
     (["--sequence", "4"], "run: No such option: --sequence"),
     (["--case-timeout", "0"], "case_timeout_s: Input should be greater than 0"),
     (["--case-timeout", "1e9"], "case_timeout_s: Input should be less than or equal to 86400"),
+    (["--detect", "fast"], "--detect: 'fast' is not a percentage such as 5%"),
+    (["--detect", "0"], "--detect: '0' must be above 0% and below 1000%"),
+    (["--detect", "2000%"], "--detect: '2000%' must be above 0% and below 1000%"),
 ])
 def test_bad_flags_exit_2_with_one_line(tmp_path, args, message):
     out = tmp_path / "results"

@@ -3,9 +3,10 @@
 import pytest
 
 from flashbench.core.cases import Mode
-from flashbench.core.config import list_presets, load_config
+from flashbench.core.config import TimingPolicy, list_presets, load_config
 from flashbench.core.grid import expand_cases
 from flashbench.core.errors import UserError
+from flashbench.results.check import MAX_THRESHOLD
 
 
 def test_presets_ship_and_validate():
@@ -86,3 +87,27 @@ def test_unknown_preset_and_missing_file():
         load_config("defualt")
     with pytest.raises(UserError, match="config file not found"):
         load_config("no/such/file.yaml")
+
+
+@pytest.mark.parametrize("text, value", [("0.02", 0.02), ("null", None), ("off", None),
+                                         ("'off'", None), ("9.99", 9.99)])
+def test_timing_detect_is_a_share_and_off_or_null_turns_it_off(tmp_path, text, value):
+    assert TimingPolicy().detect == 0.05 and load_config("cpu").timing.detect == 0.05
+    f = tmp_path / "d.yaml"
+    f.write_text(f"timing: {{detect: {text}}}\n")
+    assert load_config(str(f)).timing.detect == value
+    assert load_config("cpu", {"detect": "off"}).timing.detect is None  # run --detect off
+
+
+@pytest.mark.parametrize("value, message", [
+    (0.0, "timing.detect: Input should be greater than 0"),
+    (MAX_THRESHOLD, "timing.detect: Input should be less than 10"),  # check's own limit
+    ("true", "timing.detect: Input should be a valid number"),
+    ("5%", "timing.detect: Input should be a valid number"),
+])
+def test_timing_detect_refuses_what_checks_threshold_refuses(tmp_path, value, message):
+    f = tmp_path / "d.yaml"
+    f.write_text(f"timing: {{detect: {value}}}\n")
+    with pytest.raises(UserError) as e:
+        load_config(str(f))
+    assert message in str(e.value) and "\n" not in str(e.value)

@@ -3,6 +3,7 @@
 import json
 import math
 import time
+from pathlib import Path
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -145,6 +146,7 @@ def test_check_lists_undetectable_cases_and_strict_fails_on_them(tmp_path):
                                               "undetectable; threshold 5.0%)")
     listed = [line for line in result.stdout.splitlines() if "undetectable" in line and "│" in line]
     assert len(listed) == 1 and f"{detectable:.1%}" in listed[0] and "4/4" in listed[0]
+    assert "cycles" not in result.stdout  # rows without clocks (a CPU): no clock columns
     summary = (tmp_path / "s.md").read_text()
     assert "| undetectable | 1 |" in summary
     assert (f"| sdpa fwd B1 H2 N64 D16 fp32 | {detectable:.1%} | 4 / 4 | ×" in summary)
@@ -158,7 +160,7 @@ def test_check_lists_undetectable_cases_and_strict_fails_on_them(tmp_path):
     assert strict.exit_code == 1
     assert strict.stdout.splitlines()[-1] == ("check: 1 failing case(s) (1 unchanged, 1 "
                                               "undetectable; threshold 5.0%; --strict: "
-                                              "undetectable cases fail)")
+                                              "undetectable and clock-changed cases fail)")
     suite = ET.parse(tmp_path / "j2.xml").getroot()
     assert suite.get("failures") == "1" and suite[0].find("failure") is not None
     assert suite[1].find("failure") is None
@@ -272,3 +274,100 @@ def test_compare_of_300_cells_of_1000_samples_takes_well_under_a_second_or_two()
     elapsed = time.perf_counter() - start
     assert len(frame) == 100 and frame["triton:speedup_low"].notna().all()
     assert elapsed < 2.0, elapsed  # 0.16-0.28 s measured (scripts/gate_evidence.py)
+
+
+# --- clock-changed ---------------------------------------------------------------------
+
+H200_GATE = Path(__file__).resolve().parents[1] / "results" / "reference" / "h200-gate"
+
+
+def clocked_pair(slowdown, base_mhz, current_mhz, n=40):
+    """One case of two runs: 1% lognormal noise, the current run ``slowdown`` slower in time,
+    each row with its median SM clock (None: no telemetry, as on a CPU)."""
+    base = fake_row("sdpa-cudnn", lognormal(11, n, 0.01, 13.33), sm_clock_mhz=base_mhz)
+    cur = fake_row("sdpa-cudnn", lognormal(12, n, 0.01, 13.33 * (1 + slowdown)),
+                   sm_clock_mhz=current_mhz)
+    return [base], [cur]
+
+
+def test_a_slowdown_the_clocks_explain_is_clock_changed_and_its_cycles_are_time_times_clock():
+    # The H200 A/A alarm: ×1.093 in time at 1860 vs 1755 MHz is ×1.031 in cycles.
+    frame = compare_runs(*clocked_pair(0.093, 1860.0, 1755.0))
+    record = frame.iloc[0]
+    assert record["verdict"] == "clock-changed"
+    assert record["ratio"] == pytest.approx(1.093, rel=0.01) and record["ci_low"] > 1
+    scale = 1755 / 1860
+    assert record["cycle_ratio"] == pytest.approx(record["ratio"] * scale)
+    assert record["cycle_ci_low"] == pytest.approx(record["ci_low"] * scale)
+    assert record["cycle_ci_high"] == pytest.approx(record["ci_high"] * scale)
+    assert record["cycle_ratio"] < 1.05  # the regression test fails in cycles
+    assert (record["base_clock_mhz"], record["current_clock_mhz"]) == (1860, 1755)
+    # The mirror image: faster in time at a higher clock, no faster in cycles.
+    faster = compare_runs(*clocked_pair(1 / 1.093 - 1, 1755.0, 1860.0)).iloc[0]
+    assert faster["ratio"] < 1 / 1.05 and faster["verdict"] == "clock-changed"
+
+
+@pytest.mark.parametrize("slowdown, base_mhz, current_mhz, verdict", [
+    (0.15, 1860.0, 1755.0, "regression"),   # ×1.085 in cycles: a real slowdown survives
+    (0.07, 1860.0, 1805.0, "regression"),   # clocks 2.96% apart: time decides (×1.038 in cycles)
+    (0.093, None, None, "regression"),      # no telemetry: as before
+    (0.093, 1860.0, None, "regression"),    # one side without telemetry: as before
+    (0.0, 1860.0, 1755.0, "unchanged"),     # no change in time: the clocks change nothing
+])
+def test_clock_changed_needs_a_change_in_time_that_cycles_undo_and_clocks_apart(
+        slowdown, base_mhz, current_mhz, verdict):
+    record = compare_runs(*clocked_pair(slowdown, base_mhz, current_mhz)).iloc[0]
+    assert record["verdict"] == verdict
+    if base_mhz and current_mhz:
+        assert record["cycle_ratio"] == pytest.approx(record["ratio"] * current_mhz / base_mhz)
+    else:
+        assert math.isnan(record["cycle_ratio"]) and math.isnan(record["cycle_ci_low"])
+
+
+def test_check_lists_clock_changed_cases_passes_them_and_strict_fails_on_them(tmp_path):
+    base, cur = clocked_pair(0.093, 1860.0, 1755.0)
+    a, b = write_fake_run(tmp_path / "a", base), write_fake_run(tmp_path / "b", cur)
+    record = compare_runs(base, cur).iloc[0]
+    cycles = (f"×{record['cycle_ratio']:.3f} [{record['cycle_ci_low']:.3f}, "
+              f"{record['cycle_ci_high']:.3f}]")
+    result = invoke("check", a, b, "--summary", tmp_path / "s.md", "--junit", tmp_path / "j.xml")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[-1] == ("check: no regression (1 clock-changed; "
+                                              "threshold 5.0%)")
+    listed = [line for line in result.stdout.splitlines()
+              if "clock-changed" in line and "│" in line]
+    assert len(listed) == 1 and "1860→1755" in listed[0] and cycles[1:] in listed[0]
+    summary = (tmp_path / "s.md").read_text()
+    assert "| clock-changed | 1 |" in summary and "✅ no regression" in summary
+    assert f"| sdpa-cudnn fwd B1 H2 N64 D16 fp32 | 1860 → 1755 | ×{record['ratio']:.3f}" \
+        in summary and summary.count(cycles) == 1
+    suite = ET.parse(tmp_path / "j.xml").getroot()
+    assert suite.get("failures") == "0" and suite[0].find("failure") is None
+    note = suite[0].find("system-out").text
+    assert note.startswith("clock-changed: slower in time, not in cycles: ×")
+    assert f"{cycles} in cycles; median SM clock 1860 → 1755 MHz" in note
+
+    strict = invoke("check", a, b, "--strict", "--junit", tmp_path / "j2.xml")
+    assert strict.exit_code == 1
+    assert strict.stdout.splitlines()[-1] == ("check: 1 failing case(s) (1 clock-changed; "
+                                              "threshold 5.0%; --strict: undetectable and "
+                                              "clock-changed cases fail)")
+    suite = ET.parse(tmp_path / "j2.xml").getroot()
+    assert suite.get("failures") == "1"
+    assert suite[0].find("failure").get("message").startswith("clock-changed: slower in time")
+
+
+def test_the_h200_aa_alarm_is_clock_changed_and_the_regression_plugin_still_fails():
+    # Real runs (results/reference/h200-gate): prefill run twice, and SDPA flash with 10% more
+    # work against its baseline (clocks within 3% there: the time decides).
+    result = invoke("check", H200_GATE / "prefill-a", H200_GATE / "prefill-b")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[-1] == ("check: no regression (1 clock-changed, 8 "
+                                              "not-timed, 147 unchanged, 4 undetectable; "
+                                              "threshold 5.0%)")
+    changed = [line for line in result.stdout.splitlines()
+               if "clock-changed" in line and "│" in line]
+    assert len(changed) == 1 and "sdpa-cudnn" in changed[0] and "1860→1755" in changed[0]
+    assert "1.093 [1.041, 1.112]" in changed[0]
+    slower = invoke("check", H200_GATE / "baseline", H200_GATE / "slower-1")
+    assert slower.exit_code == 1 and "(8 regression;" in slower.stdout.splitlines()[-1]

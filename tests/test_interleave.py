@@ -6,9 +6,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from flashbench.core.config import TimingPolicy
+from flashbench.core.stats import aa_detectable
 from flashbench.measure import rounds
 from flashbench.measure.rounds import sample_rounds, settle_clock
 from flashbench.measure.timing import should_stop
@@ -80,6 +82,38 @@ def test_the_stop_rule_waits_for_the_window_and_gives_up_at_the_budget():
     assert should_stop(noisy, spent_ms=50, window_ms=1000, policy=policy)  # budget spent
     assert not should_stop([1.0, 1.0], spent_ms=50, window_ms=1000, policy=policy)  # < 3
     assert should_stop([5.0] * 100, spent_ms=0, window_ms=0, policy=policy)  # max_samples
+
+
+class ListSampler(FakeSampler):
+    """One sample per burst, from a list (a case whose samples vary)."""
+
+    def __init__(self, samples):
+        super().__init__(None, per_burst=1)
+        self.samples = iter(samples)
+
+    def burst(self, n):
+        self.bursts += 1
+        return [next(self.samples)]
+
+
+def test_in_a_group_each_call_samples_until_check_could_see_its_detect_slowdown():
+    # 0.5% jitter with one sample in ten 20% slow: its RSE is met at 10 samples, but check of
+    # two such runs could not have seen 5% then (flashbench.core.stats.aa_detectable).
+    noisy = (np.random.default_rng(1).lognormal(0, 0.005, 200)
+             * np.where(np.random.default_rng(2).random(200) < 0.1, 1.2, 1)).tolist()
+    policy = POLICY.model_copy(update={"min_samples": 10})
+    alone = next(n for n in range(1, 200) if should_stop(noisy[:n], 0, 0, policy))
+    assert alone > rounds.MIN_ROUNDS and aa_detectable(noisy[:rounds.MIN_ROUNDS]) > 0.05
+    steady, wobbly = FakeSampler(1.0, per_burst=1), ListSampler(noisy)
+    out = sample_rounds([steady, wobbly], policy)
+    # The steady call leaves after the shared MIN_ROUNDS rounds; the noisy one goes on alone
+    # until its own samples can show 5%, as it would alone.
+    assert len(out[0].samples) == rounds.MIN_ROUNDS
+    assert out[1].samples == noisy[:alone] and out[1].rounds == list(range(alone))
+    assert aa_detectable(out[1].samples) <= 0.05
+    off = sample_rounds([FakeSampler(1.0, per_burst=1), ListSampler(noisy)],
+                        policy.model_copy(update={"detect": None}))
+    assert [len(s.samples) for s in off] == [rounds.MIN_ROUNDS] * 2  # the RSE rule alone
 
 
 def test_warm_up_runs_until_the_clock_is_steady(monkeypatch):

@@ -84,12 +84,15 @@ def check(
                                                         "or torch."),
     allow_mixed: bool = ALLOW_MIXED,
     strict: bool = typer.Option(False, help="Also fail when a case's samples could not have "
-                                            "shown a slowdown at the threshold (undetectable)."),
+                                            "shown a slowdown at the threshold (undetectable), "
+                                            "or when the SM clocks explain a change "
+                                            "(clock-changed)."),
     results_dir: Path = RESULTS_DIR,
 ) -> None:
     """Fail (exit 1) on a real regression: slower beyond the threshold and significant, or a
-    case that broke (with --strict, also a case whose samples could not have shown one). Exit
-    0 when nothing regressed, 2 for bad input."""
+    case that broke (with --strict, also a case whose samples could not have shown one, or
+    whose change the two runs' SM clocks explain). Exit 0 when nothing regressed, 2 for bad
+    input."""
     from flashbench.output.comparison import check_grid
     from flashbench.output.fit import print_grid
     from flashbench.results import check as gate

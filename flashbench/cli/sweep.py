@@ -25,6 +25,10 @@ TIMER = typer.Option(None, help="events: CUDA events around each call; graph: ca
                                 "from a CUDA graph (kernels under ~20 us); profiler: the device "
                                 "time of the kernels a call launches (CUPTI). GPU only but "
                                 "events [default: events].")
+DETECT = typer.Option(None, metavar="PCT|off",
+                      help="Sample each case, within its budget, until check could see a "
+                           "slowdown of this size between two runs like it (timing.detect); "
+                           "off: the RSE rule alone [default: 5%].")
 INTERLEAVE = typer.Option(None, "--interleave/--no-interleave",
                           help="Time the backends of each shape in alternating rounds, so that "
                                "a clock change hits them alike, or one after another "
@@ -70,7 +74,8 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
         softcap: Optional[str] = shape_flag("softcap"),
         page_size: Optional[str] = shape_flag("page_size"),
         device: Optional[str] = DEVICE, l2: Optional[str] = L2,
-        budget_ms: Optional[float] = BUDGET_MS, timer: Optional[str] = TIMER,
+        budget_ms: Optional[float] = BUDGET_MS, detect: Optional[str] = DETECT,
+        timer: Optional[str] = TIMER,
         interleave: Optional[bool] = INTERLEAVE, threads: Optional[int] = THREADS,
         fp32_precision: Optional[str] = FP32_PRECISION,
         case_timeout: Optional[float] = CASE_TIMEOUT,
@@ -83,16 +88,13 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
     Exit 0 when the sweep finished, 1 with --strict and a failed case, 2 for bad input, 130
     when interrupted (Ctrl-C or SIGTERM; finish it with --resume).
     """
-    sizes = dict(seq_len=seq_len, kv_len=kv_len, heads=heads, kv_heads=kv_heads,
-                 head_dim=head_dim, batch=batch)
-    overrides = {k: int_list(f"--{k.replace('_', '-')}", v) for k, v in sizes.items()} | {
-        "backends": str_list(backends), "dtype": str_list(dtype), "mode": str_list(mode),
-        "causal": None if causal is None else [causal],
-        "window": optional_list("--window", window, int),
-        "softcap": optional_list("--softcap", softcap, float),
-        "page_size": optional_list("--page-size", page_size, int), "device": device, "l2": l2,
-        "budget_ms": budget_ms, "case_timeout_s": case_timeout, "timer": timer, "interleave": interleave,
-        "threads": threads, "fp32_precision": fp32_precision,
+    overrides = _grid_overrides(
+        backends=backends, seq_len=seq_len, kv_len=kv_len, heads=heads, kv_heads=kv_heads,
+        head_dim=head_dim, batch=batch, dtype=dtype, causal=causal, mode=mode, window=window,
+        softcap=softcap, page_size=page_size) | {
+        "device": device, "l2": l2, "budget_ms": budget_ms, "case_timeout_s": case_timeout,
+        "timer": timer, "interleave": interleave, "threads": threads,
+        "fp32_precision": fp32_precision, "detect": _detect(detect),
     }
     from flashbench.sweep.launch import SweepRequest, launch
     from flashbench.sweep.runner import Interrupted, SweepFailed, SweepOptions
@@ -120,6 +122,28 @@ def run(config: Optional[str] = CONFIG, backends: Optional[str] = shape_flag("ba
     for note in summary.notes:
         typer.echo(note, err=True)
     raise typer.Exit(summary.exit_code)
+
+
+def _grid_overrides(*, backends, dtype, causal, mode, window, softcap, page_size,
+                    **sizes) -> dict:
+    """The grid flags as config keys (None: not given)."""
+    return {k: int_list(f"--{k.replace('_', '-')}", v) for k, v in sizes.items()} | {
+        "backends": str_list(backends), "dtype": str_list(dtype), "mode": str_list(mode),
+        "causal": None if causal is None else [causal],
+        "window": optional_list("--window", window, int),
+        "softcap": optional_list("--softcap", softcap, float),
+        "page_size": optional_list("--page-size", page_size, int)}
+
+
+def _detect(text: Optional[str]) -> float | str | None:
+    """--detect as timing.detect: a share read as check reads its --threshold, or off."""
+    if text is None:
+        return None
+    if text.strip().lower() == "off":
+        return "off"  # TimingPolicy reads it as None; None here would mean "not given"
+    from flashbench.results.check import parse_threshold
+
+    return parse_threshold(text, "--detect")
 
 
 @command(short_help="Combine the shards of one sweep into one run.")

@@ -54,6 +54,11 @@ class TimingPolicy(BaseModel):
     # Sample for at least this long (a power-capped card changes clocks every few 10 ms), and
     # until the SM clock is steady, whatever the RSE says.
     min_window_ms: StrictFloat = Field(100.0, ge=0)
+    # And, within budget_ms and max_samples, until check could see a slowdown of this share
+    # between two runs with these samples (flashbench.core.stats.aa_detectable): a gate at
+    # this threshold is then not blind to the case. None (off): the rules above alone. Below
+    # 10 (1000%), as check's --threshold.
+    detect: Annotated[StrictFloat, Field(gt=0, lt=10)] | None = 0.05
     # events: a CUDA event pair per call; graph: a batch of calls replayed from one CUDA graph
     # (kernels under ~20 us); profiler: the device time of the kernels a call launches.
     timer: Literal["events", "graph", "profiler"] = "events"
@@ -63,6 +68,12 @@ class TimingPolicy(BaseModel):
     # CPU only: torch's intra-op threads while timing (1: a loaded machine's threads do not
     # contend); None leaves torch's default.
     threads: Annotated[StrictInt, Field(ge=1)] | None = 1
+
+    @field_validator("detect", mode="before")
+    @classmethod
+    def _off_is_none(cls, value: Any) -> Any:
+        # YAML reads a bare `off` as false; `--detect off` arrives as the word.
+        return None if value is False or value == "off" else value
 
     @model_validator(mode="after")
     def _min_within_max(self) -> TimingPolicy:

@@ -51,11 +51,13 @@ class CalibrationPlan:
                 copy_bytes=min(4 << 30, (free // 4) >> 20 << 20),
                 # Warm-up long enough for the clocks to ramp; samples back to back (L2 hot):
                 # a product this size is compute-bound and a copy this size dwarfs the L2.
+                # A ceiling is no case check compares: no detectability to sample for.
                 policy=TimingPolicy(l2="hot", warmup_ms=200.0, budget_ms=1500.0,
-                                    min_samples=10, target_rse=0.005))
+                                    min_samples=10, target_rse=0.005, detect=None))
         return CalibrationPlan(matmul_sizes=(256, 512), copy_bytes=256 << 20,
                                policy=TimingPolicy(l2="hot", warmup_ms=50.0, budget_ms=500.0,
-                                                   min_samples=5, target_rse=0.01))
+                                                   min_samples=5, target_rse=0.01,
+                                                   detect=None))
 
 
 def parse_dtypes(text: str | None) -> tuple[str, ...]:

@@ -8,7 +8,10 @@ their ratio. So:
 * warm-up runs the calls until the time-based warm-up is spent *and* the SM clock (NVML) is
   steady: ``STEADY_READINGS`` readings ``STEADY_GAP_MS`` apart within ``STEADY_SPREAD`` of each
   other, for at most ``MAX_WARMUP_MS``;
-* sampling lasts at least ``policy.min_window_ms``, not only until the median is stable;
+* sampling lasts at least ``policy.min_window_ms``, not only until the median is stable,
+  and (``policy.detect``) until check could see a slowdown of that share in each call's own
+  samples: in a group every call is judged on its own, and the group goes on while any call
+  is not yet detectable and has budget left (``should_stop``);
 * ``sample_rounds`` alternates the calls of a comparison group burst by burst, the order
   rotated each round (A B C, B C A, C A B, ...), for at least ``MIN_ROUNDS`` rounds (budget
   allowing), so that a clock change hits them alike; every

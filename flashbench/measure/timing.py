@@ -21,7 +21,7 @@ import time
 from typing import Callable, Protocol
 
 from flashbench.core.config import TimingPolicy
-from flashbench.core.stats import median_rse
+from flashbench.core.stats import aa_detectable, median_rse
 
 __all__ = ["CpuSampler", "EventSampler", "Sampler", "event_estimate_ms", "flush_buffer",
            "should_stop"]
@@ -45,14 +45,20 @@ class Sampler(Protocol):
 def should_stop(samples: list[float], spent_ms: float, window_ms: float,
                 policy: TimingPolicy) -> bool:
     """Whether one call has samples enough: ``spent_ms`` is the time spent on its own bursts,
-    ``window_ms`` the wall time since sampling began (a window long enough to see clocks)."""
+    ``window_ms`` the wall time since sampling began (a window long enough to see clocks).
+
+    Enough is min_samples, the window, the median's RSE at target and (``policy.detect``) an
+    A/A pair of runs with these samples able to show a slowdown of ``detect``: the RSE comes
+    from the IQR and misses what the gate's bootstrap sees (a few outliers, clusters at small
+    n). The budget and max_samples end sampling whatever the rest say."""
     n = len(samples)
     if n >= policy.max_samples:
         return True
     if spent_ms >= policy.budget_ms and n >= MIN_SAMPLES_HARD:
         return True
     return (n >= policy.min_samples and window_ms >= policy.min_window_ms
-            and median_rse(samples) <= policy.target_rse)
+            and median_rse(samples) <= policy.target_rse
+            and (policy.detect is None or aa_detectable(samples) <= policy.detect))
 
 
 _flush_buffers: dict[str, object] = {}

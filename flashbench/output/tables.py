@@ -38,7 +38,7 @@ _STATUS_MARK = {Status.UNSUPPORTED: ("n/a", "dim"), Status.OOM: ("OOM", "bold re
                 Status.CRASH: ("crash", "bold red")}
 _VERDICT_STYLE = {"regression": "bold red", "status-regression": "bold red", "missing": "red",
                   "improvement": "bold green", "status-improvement": "green", "new": "cyan",
-                  "undetectable": "yellow"}
+                  "undetectable": "yellow", "clock-changed": "yellow"}
 
 
 def results_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -218,7 +218,8 @@ def legend(display: pd.DataFrame) -> str:
 
 
 def runs_display(frame: pd.DataFrame) -> pd.DataFrame:
-    """compare_runs' frame as strings: medians, ratio with its interval, verdict."""
+    """compare_runs' frame as strings: medians, ratio with its interval (and, where the rows
+    carry clocks, both clocks and the ratio in cycles), verdict."""
     cols = [f for f in ("backend", *_varying_shape(frame)) if f in frame]
     out = pd.DataFrame({f: frame[f].map(lambda v, f=f: _shape_cell(f, v))
                         for f in dict.fromkeys(cols)})
@@ -227,6 +228,14 @@ def runs_display(frame: pd.DataFrame) -> pd.DataFrame:
     out["ratio [99% CI]"] = [
         "" if is_missing(r) else f"{r:.3f} [{lo:.3f}, {hi:.3f}]"
         for r, lo, hi in zip(frame["ratio"], frame["ci_low"], frame["ci_high"])]
+    if "cycle_ratio" in frame and frame["cycle_ratio"].notna().any():
+        # The clocks beside the ratio: a change in time the clocks explain (clock-changed)
+        # shows here as none in cycles.
+        out["SM MHz"] = ["" if is_missing(a) or is_missing(b) else f"{a:.0f}→{b:.0f}"
+                         for a, b in zip(frame["base_clock_mhz"], frame["current_clock_mhz"])]
+        out["cycles [99% CI]"] = [
+            "" if is_missing(r) else f"{r:.3f} [{lo:.3f}, {hi:.3f}]" for r, lo, hi in
+            zip(frame["cycle_ratio"], frame["cycle_ci_low"], frame["cycle_ci_high"])]
     out["detectable"] = frame["detectable"].map(slowdown)
     out["samples"] = ["" if is_missing(d) else f"{a}/{b}" for d, a, b in
                       zip(frame["detectable"], frame["base_n"], frame["current_n"])]

@@ -13,7 +13,8 @@ import pandas as pd
 from flashbench.core.cases import Case
 from flashbench.core.environment import COMPARABLE, environment_differences
 from flashbench.core.errors import UserError, quoted
-from flashbench.results.compare import compare_runs
+from flashbench.results.clocks import CLOCK_DEVIATION
+from flashbench.results.compare import CLOCK_CHANGED, compare_runs
 from flashbench.results.modes import mixed_notes
 from flashbench.results.reading import load_run
 
@@ -24,26 +25,29 @@ FAILING = ("regression", "status-regression")
 # Cases whose samples could not have shown a slowdown at the threshold: they pass, listed,
 # unless --strict asks that the gate see every case.
 BLIND = "undetectable"
+# Under --strict these fail too: a blind case, and a change in time the clocks explain (which
+# may also hide a real slowdown of a memory-bound kernel that coincided with a clock drop).
+STRICT_FAILING = (BLIND, CLOCK_CHANGED)
 
 
 # A slowdown of more than ten times is no threshold: it would let everything through.
 MAX_THRESHOLD = 10.0
 
 
-def parse_threshold(text: str) -> float:
-    """'5%', '5' and '0.05' all mean five percent."""
+def parse_threshold(text: str, flag: str = "--threshold") -> float:
+    """'5%', '5' and '0.05' all mean five percent (``run --detect`` reads them alike)."""
     raw = text.strip().removesuffix("%")
     try:
         value = float(raw)
     except ValueError:
-        raise UserError(f"--threshold: {quoted(text)} is not a percentage such as 5%") from None
+        raise UserError(f"{flag}: {quoted(text)} is not a percentage such as 5%") from None
     if not math.isfinite(value):  # float() takes 'inf' and 'nan'; no comparison holds for nan
-        raise UserError(f"--threshold: {quoted(text)} is not a finite percentage; give one "
+        raise UserError(f"{flag}: {quoted(text)} is not a finite percentage; give one "
                         f"such as 5%")
     if text.strip().endswith("%") or value >= 1:
         value /= 100
     if not 0 < value < MAX_THRESHOLD:
-        raise UserError(f"--threshold: {quoted(text)} must be above 0% and below "
+        raise UserError(f"{flag}: {quoted(text)} must be above 0% and below "
                         f"{MAX_THRESHOLD:.0%}")
     return value
 
@@ -71,7 +75,7 @@ class CheckResult:
     @property
     def failing(self) -> pd.DataFrame:
         verdicts = FAILING + (() if self.allow_missing else ("missing",)) \
-            + ((BLIND,) if self.strict else ())
+            + (STRICT_FAILING if self.strict else ())
         return self.cases(*verdicts)
 
     @property
@@ -84,7 +88,7 @@ class CheckResult:
                            sorted(self.frame["verdict"].value_counts().items()))
         verdict = "no regression" if self.passed else f"{len(self.failing)} failing case(s)"
         notes = "".join(f"; {n}" for n in self.mode_notes)
-        strict = "; --strict: undetectable cases fail" if self.strict else ""
+        strict = "; --strict: undetectable and clock-changed cases fail" if self.strict else ""
         return f"check: {verdict} ({counts}; threshold {self.threshold:.1%}{strict}{notes})"
 
 
@@ -129,6 +133,38 @@ def _blind_text(record: dict[str, Any], threshold: float) -> str:
             f"{record['base_n']} / {record['current_n']} samples)")
 
 
+def _clock_text(record: dict[str, Any], threshold: float) -> str:
+    """Why a clock-changed case is one: its ratio in time, in cycles, and the two clocks."""
+    way = "slower" if record["ratio"] > 1 else "faster"
+    return (f"{way} in time, not in cycles: {_ratio_text(record)} in time, "
+            f"{_cycles_text(record)} in cycles; median SM clock "
+            f"{record['base_clock_mhz']:.0f} → {record['current_clock_mhz']:.0f} MHz "
+            f"(threshold {threshold:.1%})")
+
+
+def _cycles_text(record: dict[str, Any]) -> str:
+    return (f"×{record['cycle_ratio']:.3f} [{record['cycle_ci_low']:.3f}, "
+            f"{record['cycle_ci_high']:.3f}]")
+
+
+def _clock_lines(result: CheckResult) -> list[str]:
+    """The Markdown of the clock-changed cases: what they are, and the table of them."""
+    changed = result.cases(CLOCK_CHANGED)
+    if changed.empty:
+        return []
+    fails = " Under `--strict` they fail." if result.strict else ""
+    lines = ["", f"{len(changed)} case(s) clock-changed: beyond {result.threshold:.1%} in "
+             f"time but not in cycles (time × median SM clock), their clocks more than "
+             f"{CLOCK_DEVIATION:.0%} apart: the card, not the code.{fails}", "",
+             "| case | SM clock MHz (baseline → current) | current / baseline [99% CI] | "
+             "in cycles [99% CI] |", "| --- | ---: | --- | --- |"]
+    for record in changed.to_dict("records"):
+        lines.append(f"| {_label(record)} | {record['base_clock_mhz']:.0f} → "
+                     f"{record['current_clock_mhz']:.0f} | {_ratio_text(record)} | "
+                     f"{_cycles_text(record)} |")
+    return lines
+
+
 def _blind_lines(result: CheckResult) -> list[str]:
     """The Markdown of the undetectable cases: what they are, and the table of them."""
     blind = result.cases(BLIND)
@@ -171,24 +207,35 @@ def summary_markdown(result: CheckResult) -> str:
         lines += ["", "| case | verdict | current / baseline [99% CI] |", "| --- | --- | --- |"]
         for record in notable.to_dict("records"):
             lines.append(f"| {_label(record)} | {record['verdict']} | {_ratio_text(record)} |")
-    return "\n".join(lines + _blind_lines(result)) + "\n"
+    return "\n".join(lines + _clock_lines(result) + _blind_lines(result)) + "\n"
+
+
+def _note(record: dict[str, Any], threshold: float) -> str:
+    """What a case's test says: why it is blind or clock-changed, else its ratio."""
+    if record["verdict"] == BLIND:
+        return _blind_text(record, threshold)
+    if record["verdict"] == CLOCK_CHANGED:
+        return _clock_text(record, threshold)
+    return _ratio_text(record)
 
 
 def _testcase(record: dict[str, Any], failing: bool, threshold: float) -> str:
     name = quoteattr(_label(record))
-    text = _blind_text(record, threshold) if record["verdict"] == BLIND else _ratio_text(record)
+    text = _note(record, threshold)
     if failing:
         message = quoteattr(f"{record['verdict']}: {text}")
         return (f'  <testcase classname="flashbench" name={name}>'
                 f'<failure message={message}>{escape(text)}</failure></testcase>')
-    note = f"{BLIND}: {text}" if record["verdict"] == BLIND else record["verdict"]
+    note = f"{record['verdict']}: {text}" if record["verdict"] in STRICT_FAILING \
+        else record["verdict"]
     return (f'  <testcase classname="flashbench" name={name}>'
             f'<system-out>{escape(note)}</system-out></testcase>')
 
 
 def junit_xml(result: CheckResult) -> str:
     """JUnit XML with one test per case; failing verdicts are failures, the rest pass (an
-    undetectable case with a note saying what it could not see, a failure under --strict)."""
+    undetectable or clock-changed case with a note saying what it could not see or why the
+    clocks explain it, a failure under --strict)."""
     records = result.frame.to_dict("records")
     failing = set(result.failing.index)
     out = ['<?xml version="1.0" encoding="UTF-8"?>',

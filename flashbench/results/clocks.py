@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-__all__ = ["CLOCK_DEVIATION", "clock_moved", "off_clock", "run_clock", "telemetry_notes"]
+__all__ = ["CLOCK_DEVIATION", "clock_moved", "clocks_differ", "off_clock", "run_clock",
+           "telemetry_notes"]
 
 # A case whose median SM clock differs from the run's median clock by more than this share, or
 # whose clock moved by more than this share while it was sampled, is marked: its time is not
@@ -27,6 +28,14 @@ def clock_moved(row: dict[str, Any]) -> bool:
     """Whether the SM clock moved by more than CLOCK_DEVIATION while the case was sampled."""
     low, high = row.get("sm_clock_min_mhz"), row.get("sm_clock_max_mhz")
     return bool(low and high and (high - low) / high > CLOCK_DEVIATION)
+
+
+def clocks_differ(base_mhz: float | None, current_mhz: float | None) -> bool:
+    """Whether two cases' median SM clocks differ by more than CLOCK_DEVIATION (of the higher,
+    as clock_moved measures a range); False when either is unknown (no telemetry)."""
+    if not (base_mhz and current_mhz):
+        return False
+    return abs(current_mhz - base_mhz) / max(base_mhz, current_mhz) > CLOCK_DEVIATION
 
 
 def off_clock(row: dict[str, Any], clock: float | None) -> bool:

@@ -12,13 +12,14 @@ import pandas as pd
 from flashbench.core import registry
 from flashbench.core.cases import CASE_FIELDS, SHAPE_FIELDS, Status, case_key
 from flashbench.core.rows import by_shape
-from flashbench.core.stats import summarize
-from flashbench.results.clocks import off_clock, run_clock
+from flashbench.core.stats import GATE_CONFIDENCE, summarize
+from flashbench.results.clocks import clocks_differ, off_clock, run_clock
 from flashbench.results.intervals import (RatioEstimate, detectable_slowdown, ratio_of_medians,
                                           speedup_interval)
 from flashbench.results.modes import pair_differences
 
 __all__ = [
+    "CLOCK_CHANGED",
     "NOISY_IQR_OVER_MEDIAN",
     "RatioEstimate",
     "WIDE_SPEEDUP_INTERVAL",
@@ -34,6 +35,9 @@ NOISY_IQR_OVER_MEDIAN = 0.05
 # not to be read (high - low over the speedup, so 4% is about ±2%).
 WIDE_SPEEDUP_INTERVAL = 0.04
 _TIMED = (Status.OK, Status.MISMATCH)
+# A change in time that is no change in cycles, between cases whose SM clocks differed: the
+# card, not the code (a power cap that clocked one run lower).
+CLOCK_CHANGED = "clock-changed"
 
 
 def _is_noisy(row: dict[str, Any]) -> bool:
@@ -114,8 +118,17 @@ def compare_backends(rows: list[dict[str, Any]], baseline: str | None = None) ->
     return pd.DataFrame.from_records(records)
 
 
+def _verdict(est: RatioEstimate, threshold: float) -> str:
+    """The gate's test of one ratio and its interval: beyond the threshold, and excluding 1."""
+    if est.ratio > 1 + threshold and est.low > 1:
+        return "regression"
+    if est.ratio < 1 / (1 + threshold) and est.high < 1:
+        return "improvement"
+    return "unchanged"
+
+
 def timing_verdict(baseline: list[float], current: list[float], *, threshold: float,
-                   confidence: float = 0.99) -> tuple[str, RatioEstimate]:
+                   confidence: float = GATE_CONFIDENCE) -> tuple[str, RatioEstimate]:
     """regression / improvement / unchanged for two sets of raw samples of one case.
 
     A change counts only when it is both large (the ratio of medians beyond the threshold) and
@@ -123,11 +136,25 @@ def timing_verdict(baseline: list[float], current: list[float], *, threshold: fl
     a small but real drift between runs (clocks, another driver) does not pass the first.
     """
     est = ratio_of_medians(baseline, current, confidence=confidence)
-    if est.ratio > 1 + threshold and est.low > 1:
-        return "regression", est
-    if est.ratio < 1 / (1 + threshold) and est.high < 1:
-        return "improvement", est
-    return "unchanged", est
+    return _verdict(est, threshold), est
+
+
+def _cycle_fields(a: dict[str, Any], b: dict[str, Any], est: RatioEstimate, verdict: str,
+                  threshold: float) -> tuple[dict[str, Any], str]:
+    """Both rows' median SM clocks, the ratio in cycles (time × clock) with its interval, and
+    the verdict: ``clock-changed`` where a change in time is none in cycles and the clocks
+    differ by more than CLOCK_DEVIATION (a real change survives the normalisation)."""
+    base_clock, cur_clock = a.get("sm_clock_mhz"), b.get("sm_clock_mhz")
+    fields: dict[str, Any] = dict(base_clock_mhz=base_clock, current_clock_mhz=cur_clock)
+    if not (base_clock and cur_clock):  # no telemetry (a CPU): time is all there is
+        return fields, verdict
+    scale = cur_clock / base_clock
+    cycles = RatioEstimate(est.ratio * scale, est.low * scale, est.high * scale)
+    fields.update(cycle_ratio=cycles.ratio, cycle_ci_low=cycles.low, cycle_ci_high=cycles.high)
+    if verdict in ("regression", "improvement") and clocks_differ(base_clock, cur_clock) \
+            and _verdict(cycles, threshold) != verdict:
+        verdict = CLOCK_CHANGED
+    return fields, verdict
 
 
 def _status_rank(status: str | None) -> int:
@@ -146,21 +173,28 @@ def _timed_fields(a: dict[str, Any], b: dict[str, Any], threshold: float,
     # No slowdown seen, but none at the threshold could have been: not "unchanged", "blind".
     if verdict == "unchanged" and detectable > threshold:
         verdict = "undetectable"
+    clocks, verdict = _cycle_fields(a, b, est, verdict, threshold)
     return dict(base_median_ms=a["median_ms"], current_median_ms=b["median_ms"],
                 ratio=est.ratio, ci_low=est.low, ci_high=est.high, detectable=detectable,
-                verdict=verdict)
+                **clocks, verdict=verdict)
 
 
-_NUMBERS = ("base_median_ms", "current_median_ms", "ratio", "ci_low", "ci_high", "detectable")
+_NUMBERS = ("base_median_ms", "current_median_ms", "ratio", "ci_low", "ci_high", "detectable",
+            "base_clock_mhz", "current_clock_mhz", "cycle_ratio", "cycle_ci_low",
+            "cycle_ci_high")
 
 
 def compare_runs(base_rows: list[dict[str, Any]], cur_rows: list[dict[str, Any]], *,
-                 threshold: float = 0.05, confidence: float = 0.99) -> pd.DataFrame:
+                 threshold: float = 0.05, confidence: float = GATE_CONFIDENCE) -> pd.DataFrame:
     """The same cases of two runs side by side, with a verdict per case.
 
     Verdicts: ``regression`` (current slower than the baseline by more than ``threshold`` and
     the bootstrap interval of the ratio of medians lies wholly above 1), ``improvement`` (the
-    mirror image), ``unchanged``, ``undetectable`` (no change seen, but the samples could not
+    mirror image), ``clock-changed`` (a regression or improvement in time that is none in
+    cycles, time × median SM clock, between rows whose clocks differ by more than
+    CLOCK_DEVIATION: ``base_clock_mhz``, ``current_clock_mhz``, ``cycle_ratio`` and its
+    interval ``cycle_ci_low``/``cycle_ci_high``, the time's scaled by the clocks' ratio),
+    ``unchanged``, ``undetectable`` (no change seen, but the samples could not
     have shown a slowdown at the threshold: ``detectable``, the smallest they could, is above
     it; see flashbench.results.intervals.detectable_slowdown), ``status-regression`` (ok
     became a failure), ``status-improvement``, ``missing`` (in the baseline only), ``new`` (in

@@ -11,13 +11,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from flashbench.core.stats import GATE_CONFIDENCE, MIN_DETECTABLE_SAMPLES
+
 __all__ = ["MIN_DETECTABLE_SAMPLES", "MIN_PAIRED_ROUNDS", "RatioEstimate", "Speedup",
            "bootstrap_medians", "detectable_slowdown", "ratio_of_medians", "round_medians",
            "speedup_interval"]
 
-# Below this many samples on a side the bootstrap interval says nothing about the noise (one
-# sample gives an interval of zero width), so the gate cannot know what it could have seen.
-MIN_DETECTABLE_SAMPLES = 3
 # Fewer shared rounds than this make a paired interval of two or three values: no better than
 # the unpaired one, which then serves.
 MIN_PAIRED_ROUNDS = 3
@@ -32,8 +31,9 @@ class RatioEstimate:
     high: float
 
 
-def ratio_of_medians(baseline: list[float], current: list[float], *, confidence: float = 0.99,
-                     resamples: int = 2000, seed: int = 0) -> RatioEstimate:
+def ratio_of_medians(baseline: list[float], current: list[float], *,
+                     confidence: float = GATE_CONFIDENCE, resamples: int = 2000,
+                     seed: int = 0) -> RatioEstimate:
     """Percentile bootstrap of median(current)/median(baseline); deterministic for a seed."""
     a = np.asarray(baseline, dtype=np.float64)
     b = np.asarray(current, dtype=np.float64)
