@@ -206,6 +206,7 @@ def test_tanh_is_accurate_and_finite_at_any_size():
     pytest.param((70, 1, 23), 2, 2, False, None, None, F32, id="full"),
     pytest.param((1, 37, 70, 16), 2, 1, True, 9, None, F32, id="window-mqa"),
     pytest.param((45, 1, 33), 4, 2, True, 20, 3.0, F32, id="window-softcap"),
+    pytest.param((5, 0, 40, 0), 2, 1, True, None, None, F32, id="empty-sequences"),
     pytest.param((1, 37, 70, 16), 2, 2, True, None, None, BF16, id="bf16"),
 ])
 def test_ragged_gradients_match_autograd(lens, h, hkv, causal, window, softcap, dtype):
