@@ -1,4 +1,5 @@
-"""FlashAttention-2 backward in Triton: P recomputed from the saved LSE, dK/dV per KV head, dQ."""
+"""FlashAttention-2 backward in Triton: P recomputed from the saved LSE, dK/dV per KV head, dQ;
+sliding windows, softcapped scores and ragged (packed) batches as compile-time features."""
 
 from __future__ import annotations
 
@@ -11,18 +12,25 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from flashbench.kernels.triton_flash import _load_tile, _tma_ready, dot_precision
+from flashbench.kernels.triton_flash_bwd_tiles import (_dscores, _key_range, _lse_row, _probs,
+                                                     _query_range, _sequence, _store_tile)
 
-__all__ = ["BackwardConfig", "attention_backward"]
+__all__ = ["FEATURES", "BackwardConfig", "attention_backward"]
+
+# What attention_backward implements beyond dense attention (flashbench.core.cases.FEATURES).
+FEATURES: frozenset[str] = frozenset({"window", "softcap", "ragged"})
 
 _LOG2E = 1.4426950408889634
 
 
 @triton.jit
 def _dkdv_kernel(
-    desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, Lse, Delta,
-    num_heads, kv_heads, group, seq_len, kv_len, qk_scale, sm_scale,
-    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, Dk, Dv, Lse, Delta, CuSeqlens,
+    num_heads, kv_heads, group, seq_len, kv_len, total, stride_tok, stride_head, head_dim,
+    qk_scale, sm_scale, window, cap_scale, cap_log2,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, VARLEN: tl.constexpr, INTERPRET: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # One program owns BLOCK_N keys of one KV head and streams every query of every query head
     # in that head's GQA group past them: dK and dV come out summed over the group, with no
@@ -32,74 +40,86 @@ def _dkdv_kernel(
     batch = pid_bh // kv_heads
     kv_head = pid_bh % kv_heads
     start_n = pid_n * BLOCK_N
+    # Ragged: the grid covers the longest sequence; indices below are within the sequence,
+    # which starts at token ``tok`` of the packed tensors (descriptors over (1, H, T, D)).
+    tok, seq_len = _sequence(CuSeqlens, batch, seq_len, VARLEN)
+    if VARLEN:
+        kv_len = seq_len
+        if start_n >= seq_len:
+            return
+    dbatch = 0 if VARLEN else batch
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_tile(desc_k, batch, kv_head, start_n, BLOCK_N, BLOCK_D, INTERPRET)
-    v = _load_tile(desc_v, batch, kv_head, start_n, BLOCK_N, BLOCK_D, INTERPRET)
+    k = _load_tile(desc_k, dbatch, kv_head, tok + start_n, BLOCK_N, BLOCK_D, INTERPRET)
+    v = _load_tile(desc_v, dbatch, kv_head, tok + start_n, BLOCK_N, BLOCK_D, INTERPRET)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     diag = kv_len - seq_len
-    # Causal: query i sees key j iff j <= i + diag, so queries before start_n - diag see none
-    # of this block's keys; their blocks are skipped.
-    lo = tl.maximum(start_n - diag, 0) // BLOCK_M * BLOCK_M if CAUSAL else 0
+    # Query blocks that see none of this block's keys (before the diagonal, past the window)
+    # are skipped.
+    lo, hi = _query_range(start_n, seq_len, diag, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
     # The interpreter's scalars are numpy arrays that range() rejects: while loops there.
     if INTERPRET:
         g = 0
         while g < group:
             head = kv_head * group + g
-            row = (batch * num_heads + head).to(tl.int64) * seq_len
+            row = _lse_row(batch * num_heads + head, head, tok, seq_len, total, VARLEN)
             start_m = lo
-            while start_m < seq_len:
-                dk, dv = _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, batch, head, row,
-                                    start_m, offs_n, seq_len, kv_len, diag, qk_scale, BLOCK_M,
-                                    BLOCK_D, CAUSAL, INTERPRET, DOT_PRECISION)
+            while start_m < hi:
+                dk, dv = _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row,
+                                    tok, start_m, offs_n, seq_len, kv_len, diag, window, qk_scale,
+                                    cap_scale, cap_log2, BLOCK_M, BLOCK_D, CAUSAL, WINDOW, SOFTCAP,
+                                    INTERPRET, DOT_PRECISION)
                 start_m += BLOCK_M
             g += 1
     else:
         for g in range(0, group):
             head = kv_head * group + g
-            row = (batch * num_heads + head).to(tl.int64) * seq_len
-            for start_m in range(lo, seq_len, BLOCK_M):
-                dk, dv = _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, batch, head, row,
-                                    start_m, offs_n, seq_len, kv_len, diag, qk_scale, BLOCK_M,
-                                    BLOCK_D, CAUSAL, INTERPRET, DOT_PRECISION)
-    # The descriptors clip the stores to this head's keys and the real head dim.
-    desc_dk.store([batch, kv_head, start_n, 0],
-                  (dk * sm_scale).to(desc_dk.dtype).reshape(1, 1, BLOCK_N, BLOCK_D))
-    desc_dv.store([batch, kv_head, start_n, 0],
-                  dv.to(desc_dv.dtype).reshape(1, 1, BLOCK_N, BLOCK_D))
+            row = _lse_row(batch * num_heads + head, head, tok, seq_len, total, VARLEN)
+            for start_m in range(lo, hi, BLOCK_M):
+                dk, dv = _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row,
+                                    tok, start_m, offs_n, seq_len, kv_len, diag, window, qk_scale,
+                                    cap_scale, cap_log2, BLOCK_M, BLOCK_D, CAUSAL, WINDOW, SOFTCAP,
+                                    INTERPRET, DOT_PRECISION)
+    _store_tile(desc_dk, Dk, dk * sm_scale, dbatch, kv_head, tok, start_n, seq_len, stride_tok,
+                stride_head, head_dim, BLOCK_N, BLOCK_D, VARLEN)
+    _store_tile(desc_dv, Dv, dv, dbatch, kv_head, tok, start_n, seq_len, stride_tok,
+                stride_head, head_dim, BLOCK_N, BLOCK_D, VARLEN)
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, batch, head, row, start_m, offs_n,
-               seq_len, kv_len, diag, qk_scale, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-               CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row, tok, start_m,
+               offs_n, seq_len, kv_len, diag, window, qk_scale, cap_scale, cap_log2,
+               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+               WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, INTERPRET: tl.constexpr,
+               DOT_PRECISION: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    q = _load_tile(desc_q, batch, head, start_m, BLOCK_M, BLOCK_D, INTERPRET)
-    do = _load_tile(desc_do, batch, head, start_m, BLOCK_M, BLOCK_D, INTERPRET)
+    # Ragged: rows past the sequence's end are the next sequence's (or zeros past the packed
+    # tensor's end); their infinite LSE makes their P, and so their share of dK and dV, 0.
+    q = _load_tile(desc_q, dbatch, head, tok + start_m, BLOCK_M, BLOCK_D, INTERPRET)
+    do = _load_tile(desc_do, dbatch, head, tok + start_m, BLOCK_M, BLOCK_D, INTERPRET)
     # Rows past the end get an infinite LSE, so their recomputed probabilities are exactly 0.
     lse = tl.load(Lse + row + offs_m, mask=offs_m < seq_len, other=float("inf"))
     delta = tl.load(Delta + row + offs_m, mask=offs_m < seq_len, other=0.0)
     # Work on the transposed tile (keys down, queries across) so dK and dV accumulate without
     # transposing P or dS.
     qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-    p_t = tl.exp2(qk_t * qk_scale - lse[None, :] * 1.4426950408889634)
-    keep = offs_n[:, None] < kv_len
-    if CAUSAL:
-        keep = keep & (offs_n[:, None] <= offs_m[None, :] + diag)
-    p_t = tl.where(keep, p_t, 0.0)
+    p_t, t_t = _probs(qk_t, lse, offs_m, offs_n, kv_len, diag, window, qk_scale, cap_scale,
+                      cap_log2, CAUSAL, WINDOW, SOFTCAP, TRANSPOSED=True)
     dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    ds_t = p_t * (dp_t - delta[None, :])
+    ds_t = _dscores(p_t, dp_t, delta[None, :], t_t, SOFTCAP)
     dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
 
 
 @triton.jit
 def _dq_kernel(
-    desc_q, desc_k, desc_v, desc_do, desc_dq, Lse, Delta,
-    num_heads, group, seq_len, kv_len, qk_scale, sm_scale,
-    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    desc_q, desc_k, desc_v, desc_do, desc_dq, Dq, Lse, Delta, CuSeqlens,
+    num_heads, group, seq_len, kv_len, total, stride_tok, stride_head, head_dim,
+    qk_scale, sm_scale, window, cap_scale, cap_log2,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, VARLEN: tl.constexpr, INTERPRET: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # One program owns BLOCK_M queries of one head and streams the keys they can see.
     pid_m = tl.program_id(0)
@@ -108,46 +128,50 @@ def _dq_kernel(
     head = pid_bh % num_heads
     kv_head = head // group
     start_m = pid_m * BLOCK_M
+    tok, seq_len = _sequence(CuSeqlens, batch, seq_len, VARLEN)
+    if VARLEN:
+        kv_len = seq_len
+        if start_m >= seq_len:
+            return
+    dbatch = 0 if VARLEN else batch
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    row = pid_bh.to(tl.int64) * seq_len
-    q = _load_tile(desc_q, batch, head, start_m, BLOCK_M, BLOCK_D, INTERPRET)
-    do = _load_tile(desc_do, batch, head, start_m, BLOCK_M, BLOCK_D, INTERPRET)
+    row = _lse_row(pid_bh, head, tok, seq_len, total, VARLEN)
+    q = _load_tile(desc_q, dbatch, head, tok + start_m, BLOCK_M, BLOCK_D, INTERPRET)
+    do = _load_tile(desc_do, dbatch, head, tok + start_m, BLOCK_M, BLOCK_D, INTERPRET)
     lse = tl.load(Lse + row + offs_m, mask=offs_m < seq_len, other=float("inf"))
     delta = tl.load(Delta + row + offs_m, mask=offs_m < seq_len, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     diag = kv_len - seq_len
-    hi = tl.minimum(start_m + BLOCK_M + diag, kv_len) if CAUSAL else kv_len
+    lo, hi = _key_range(start_m, kv_len, diag, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
     if INTERPRET:
-        start_n = 0
+        start_n = lo
         while start_n < hi:
-            dq = _dq_tile(dq, q, do, lse, delta, desc_k, desc_v, batch, kv_head, start_n, offs_m,
-                          kv_len, diag, qk_scale, BLOCK_N, BLOCK_D, CAUSAL, INTERPRET,
-                          DOT_PRECISION)
+            dq = _dq_tile(dq, q, do, lse, delta, desc_k, desc_v, dbatch, kv_head, tok, start_n,
+                          offs_m, kv_len, diag, window, qk_scale, cap_scale, cap_log2, BLOCK_N,
+                          BLOCK_D, CAUSAL, WINDOW, SOFTCAP, INTERPRET, DOT_PRECISION)
             start_n += BLOCK_N
     else:
-        for start_n in range(0, hi, BLOCK_N):
-            dq = _dq_tile(dq, q, do, lse, delta, desc_k, desc_v, batch, kv_head, start_n, offs_m,
-                          kv_len, diag, qk_scale, BLOCK_N, BLOCK_D, CAUSAL, INTERPRET,
-                          DOT_PRECISION)
-    desc_dq.store([batch, head, start_m, 0],
-                  (dq * sm_scale).to(desc_dq.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
+        for start_n in range(lo, hi, BLOCK_N):
+            dq = _dq_tile(dq, q, do, lse, delta, desc_k, desc_v, dbatch, kv_head, tok, start_n,
+                          offs_m, kv_len, diag, window, qk_scale, cap_scale, cap_log2, BLOCK_N,
+                          BLOCK_D, CAUSAL, WINDOW, SOFTCAP, INTERPRET, DOT_PRECISION)
+    _store_tile(desc_dq, Dq, dq * sm_scale, dbatch, head, tok, start_m, seq_len, stride_tok,
+                stride_head, head_dim, BLOCK_M, BLOCK_D, VARLEN)
 
 
 @triton.jit
-def _dq_tile(dq, q, do, lse, delta, desc_k, desc_v, batch, kv_head, start_n, offs_m, kv_len,
-             diag, qk_scale, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-             INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _dq_tile(dq, q, do, lse, delta, desc_k, desc_v, dbatch, kv_head, tok, start_n, offs_m,
+             kv_len, diag, window, qk_scale, cap_scale, cap_log2, BLOCK_N: tl.constexpr,
+             BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
+             SOFTCAP: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    k = _load_tile(desc_k, batch, kv_head, start_n, BLOCK_N, BLOCK_D, INTERPRET)
-    v = _load_tile(desc_v, batch, kv_head, start_n, BLOCK_N, BLOCK_D, INTERPRET)
+    k = _load_tile(desc_k, dbatch, kv_head, tok + start_n, BLOCK_N, BLOCK_D, INTERPRET)
+    v = _load_tile(desc_v, dbatch, kv_head, tok + start_n, BLOCK_N, BLOCK_D, INTERPRET)
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-    p = tl.exp2(qk * qk_scale - lse[:, None] * 1.4426950408889634)
-    keep = offs_n[None, :] < kv_len
-    if CAUSAL:
-        keep = keep & (offs_n[None, :] <= offs_m[:, None] + diag)
-    p = tl.where(keep, p, 0.0)
+    p, t = _probs(qk, lse, offs_m, offs_n, kv_len, diag, window, qk_scale, cap_scale, cap_log2,
+                  CAUSAL, WINDOW, SOFTCAP, TRANSPOSED=False)
     dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-    ds = p * (dp - delta[:, None])
+    ds = _dscores(p, dp, delta[:, None], t, SOFTCAP)
     return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
 
 
@@ -171,41 +195,124 @@ def _config(head_dim: int, dtype: torch.dtype, interpret: bool) -> BackwardConfi
     return BackwardConfig(32, 128, 128, 64, 8, 3)
 
 
+class _Problem(NamedTuple):
+    """The shape of one backward call, dense or ragged, as the kernels take it."""
+
+    batch: int
+    heads: int
+    kv_heads: int
+    seq_len: int  # ragged: the longest sequence (the grid's extent)
+    kv_len: int
+    total: int | None  # ragged: the packed tokens T, the stride of a head's LSE row
+    cu_seqlens: torch.Tensor | None
+
+
+def _problem(q, k, v, out, lse, dout, causal, window, softcap, cu_seqlens, max_seqlen
+             ) -> _Problem:
+    """Check the inputs against the layout they claim; ValueError naming what is off."""
+    if window is not None and (not causal or window < 0):
+        raise ValueError(f"window {window} needs causal=True and window >= 0")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"softcap {softcap} must be positive")
+    if cu_seqlens is None:
+        if q.dim() != 4 or k.dim() != 4:
+            raise ValueError("dense q, k, v must be 4-D: (batch, heads, seq_len, head_dim)")
+        batch, heads, seq_len, _ = q.shape
+        problem = _Problem(batch, heads, k.shape[1], seq_len, k.shape[2], None, None)
+        lse_shape = (batch, heads, seq_len)
+    else:
+        if q.dim() != 3 or k.dim() != 3:
+            raise ValueError("ragged q, k, v must be packed 3-D: (tokens, heads, head_dim)")
+        if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or len(cu_seqlens) < 2:
+            raise ValueError("cu_seqlens must be 1-D int32 offsets (batch + 1)")
+        total, heads, _ = q.shape
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        problem = _Problem(len(cu_seqlens) - 1, heads, k.shape[1], max_seqlen, max_seqlen,
+                           total, cu_seqlens)
+        lse_shape = (heads, total)
+    if v.shape != k.shape or out.shape != q.shape or dout.shape != q.shape:
+        raise ValueError(f"incompatible shapes: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}, out {tuple(out.shape)}, dout {tuple(dout.shape)}")
+    if tuple(lse.shape) != lse_shape or lse.dtype != torch.float32:
+        raise ValueError(f"lse must be float32 {lse_shape}, got {lse.dtype} {tuple(lse.shape)}")
+    if heads % problem.kv_heads:
+        raise ValueError(f"heads ({heads}) is not a multiple of kv_heads ({problem.kv_heads})")
+    return problem
+
+
+def _heads_view(t: torch.Tensor, ragged: bool) -> torch.Tensor:
+    """The 4-D (batch, head, row, dim) view the descriptors take: a packed (T, H, D) tensor
+    as (1, H, T, D), the rows of a head one token apart."""
+    return t.permute(1, 0, 2).unsqueeze(0) if ragged else t
+
+
+def _feature_args(problem: _Problem, grad: torch.Tensor, head_dim: int, scale: float,
+                  window: int | None, softcap: float | None) -> dict:
+    """The runtime arguments of the features, None where a feature is off (so that a dense
+    launch specialises them away); ``grad`` is the output an edge tile stores through."""
+    ragged = problem.cu_seqlens is not None
+    return dict(
+        CuSeqlens=problem.cu_seqlens, total=problem.total,
+        stride_tok=grad.stride(0) if ragged else None,
+        stride_head=grad.stride(1) if ragged else None, head_dim=head_dim if ragged else None,
+        window=window, cap_scale=None if softcap is None else scale / softcap,
+        cap_log2=None if softcap is None else softcap * _LOG2E)
+
+
 def attention_backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
     dout: torch.Tensor, *, causal: bool, scale: float, config: BackwardConfig | None = None,
-    fp32_precision: str = "tf32",
+    fp32_precision: str = "tf32", window: int | None = None, softcap: float | None = None,
+    cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq, dk, dv) of attention_forward, from its saved output and LSE; fp32 inputs
-    multiplied as ``fp32_precision`` says ("tf32" or "ieee", triton_flash.dot_precision)."""
-    precision = dot_precision(q.dtype, fp32_precision)
-    batch, heads, seq_len, head_dim = q.shape
-    kv_heads, kv_len = k.shape[1], k.shape[2]
+    """Gradients (dq, dk, dv) of attention_forward, from its saved output and LSE, in the
+    inputs' layout; fp32 inputs multiplied as ``fp32_precision`` says ("tf32" or "ieee",
+    triton_flash.dot_precision).
+
+    Dense: q, out, dout (B, H, N, D); k, v (B, Hkv, Nk, D); lse float32 (B, H, N). Ragged
+    (``cu_seqlens`` given: int32 (B + 1) offsets; ``max_seqlen`` the longest sequence, read
+    from cu_seqlens when None): q, out, dout packed (T, H, D); k, v (T, Hkv, D); lse float32
+    (H, T), each head's row contiguous; each sequence attends within itself. lse is the
+    natural-log log-sum-exp of each query's scaled, capped, masked scores.
+
+    ``window``: query i sees keys i' - window .. i' (i' = i + Nk - N, the causal diagonal
+    aligned to the end); needs causal. ``softcap``: scores s = scale·q·kᵀ capped as
+    c·tanh(s / c) before masking and softmax.
+    """
+    problem = _problem(q, k, v, out, lse, dout, causal, window, softcap, cu_seqlens, max_seqlen)
+    ragged = cu_seqlens is not None
+    head_dim = q.shape[-1]
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     cfg = config or _config(head_dim, q.dtype, interpret)
     block_d = triton.next_power_of_2(head_dim)
-    q, k, v, dout = (_tma_ready(t) for t in (q, k, v, dout))
-    # delta_i = rowsum(dO_i * O_i) = rowsum(P_i * dP_i): the softmax's backward term, once.
-    delta = (out.float() * dout.float()).sum(-1).contiguous()
+    # delta_i = rowsum(dO_i * O_i) = rowsum(P_i * dP_i): the softmax's backward term, once,
+    # in the LSE's layout.
+    delta = (out.float() * dout.float()).sum(-1)
+    delta = (delta.t() if ragged else delta).contiguous()
     lse = lse.contiguous()
-    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-    dk = torch.empty_like(k, memory_format=torch.contiguous_format)
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format)
+    dq, dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    q4, k4, v4, do4 = (_tma_ready(_heads_view(t, ragged)) for t in (q, k, v, dout))
+    dq4, dk4, dv4 = (_heads_view(t, ragged) for t in (dq, dk, dv))
 
     def desc(t: torch.Tensor, rows: int) -> TensorDescriptor:
         return TensorDescriptor.from_tensor(t, [1, 1, rows, block_d])
 
-    qk_scale = scale * _LOG2E
-    common = dict(BLOCK_D=block_d, CAUSAL=causal, INTERPRET=interpret, DOT_PRECISION=precision,
+    common = dict(Lse=lse, Delta=delta, group=problem.heads // problem.kv_heads,
+                  seq_len=problem.seq_len, kv_len=problem.kv_len, qk_scale=scale * _LOG2E,
+                  sm_scale=scale, BLOCK_D=block_d, CAUSAL=causal, WINDOW=window is not None,
+                  SOFTCAP=softcap is not None, VARLEN=ragged, INTERPRET=interpret,
+                  DOT_PRECISION=dot_precision(q.dtype, fp32_precision),
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    _dkdv_kernel[(triton.cdiv(kv_len, cfg.dkdv_block_n), batch * kv_heads)](
-        desc(q, cfg.dkdv_block_m), desc(k, cfg.dkdv_block_n), desc(v, cfg.dkdv_block_n),
-        desc(dout, cfg.dkdv_block_m), desc(dk, cfg.dkdv_block_n), desc(dv, cfg.dkdv_block_n),
-        lse, delta, heads, kv_heads, heads // kv_heads, seq_len, kv_len, qk_scale, scale,
-        BLOCK_M=cfg.dkdv_block_m, BLOCK_N=cfg.dkdv_block_n, **common)
-    _dq_kernel[(triton.cdiv(seq_len, cfg.dq_block_m), batch * heads)](
-        desc(q, cfg.dq_block_m), desc(k, cfg.dq_block_n), desc(v, cfg.dq_block_n),
-        desc(dout, cfg.dq_block_m), desc(dq, cfg.dq_block_m), lse, delta,
-        heads, heads // kv_heads, seq_len, kv_len, qk_scale, scale,
-        BLOCK_M=cfg.dq_block_m, BLOCK_N=cfg.dq_block_n, **common)
+    bm, bn = cfg.dkdv_block_m, cfg.dkdv_block_n
+    _dkdv_kernel[(triton.cdiv(problem.kv_len, bn), problem.batch * problem.kv_heads)](
+        desc(q4, bm), desc(k4, bn), desc(v4, bn), desc(do4, bm), desc(dk4, bn), desc(dv4, bn),
+        Dk=dk if ragged else None, Dv=dv if ragged else None, num_heads=problem.heads,
+        kv_heads=problem.kv_heads, BLOCK_M=bm, BLOCK_N=bn,
+        **_feature_args(problem, dk, head_dim, scale, window, softcap), **common)
+    bm, bn = cfg.dq_block_m, cfg.dq_block_n
+    _dq_kernel[(triton.cdiv(problem.seq_len, bm), problem.batch * problem.heads)](
+        desc(q4, bm), desc(k4, bn), desc(v4, bn), desc(do4, bm), desc(dq4, bm),
+        Dq=dq if ragged else None, num_heads=problem.heads, BLOCK_M=bm, BLOCK_N=bn,
+        **_feature_args(problem, dq, head_dim, scale, window, softcap), **common)
     return dq, dk, dv
