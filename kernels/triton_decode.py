@@ -230,10 +230,12 @@ def decode_forward(
     The cache is k, v (B, Hkv, Nk, D), or with ``block_table`` (int32 (B, pages per sequence))
     pools k, v (pages, page_size, Hkv, D) whose pages the table names in order.
     ``cache_seqlens`` (int32 (B,)) gives each sequence's cache length (default: all of it, Nk
-    or pages per sequence × page_size); keys past it are never read into the result. Causal
-    aligns the diagonal to each sequence's end (every length at least N; not checked on the
-    device, nor that the table's pages exist); ``window`` keeps keys i' - window <= j <= i'
-    (causal only); ``softcap`` caps the scaled scores as c·tanh(s/c) before masking.
+    or pages per sequence × page_size); keys past it, and pages wholly past it or before a
+    window, are never read into the result. Causal aligns the diagonal to each sequence's
+    end. Not checked on the device: that each length is at most the capacity (and at least
+    N when causal) and that the table names pages of the pool. ``window`` keeps keys
+    i' - window <= j <= i' (causal only); ``softcap`` caps the scaled scores as
+    c·tanh(s/c) before masking.
     Returns the output in q's dtype and the fp32 natural-log log-sum-exp (B, H, N); a row
     that sees no key gets 0 and -inf. ``num_splits`` overrides ``choose_num_splits``; splits
     are rounded to whole key tiles, and splits that would start past the last key are not
