@@ -27,18 +27,19 @@ NAN, INF = float("nan"), float("inf")
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], *,
               causal: bool, scale: float, window: int | None = None,
               softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 (out, lse), each sequence over its first ``lengths[b]`` keys of the dense k, v."""
+    """float64 (out, lse) on the host, each sequence over its first ``lengths[b]`` keys of the
+    dense k, v (computed on their device)."""
     group = q.shape[1] // k.shape[1]
     outs, lses = [], []
     for b, n_k in enumerate(lengths):
-        qb = q[b].cpu().double()
-        kb, vb = (t[b, :, :n_k].cpu().double().repeat_interleave(group, 0) for t in (k, v))
+        qb = q[b].double()
+        kb, vb = (t[b, :, :n_k].double().repeat_interleave(group, 0) for t in (k, v))
         s = apply_softcap(qb @ kb.transpose(-1, -2) * scale, softcap)
-        keep = keep_mask(q.shape[2], n_k, causal=causal, window=window, device="cpu")
+        keep = keep_mask(q.shape[2], n_k, causal=causal, window=window, device=q.device)
         if keep is not None:
             s = s.masked_fill(~keep, -INF)
-        outs.append(torch.softmax(s, -1) @ vb)
-        lses.append(torch.logsumexp(s, -1))
+        outs.append((torch.softmax(s, -1) @ vb).cpu())
+        lses.append(torch.logsumexp(s, -1).cpu())
     return torch.stack(outs), torch.stack(lses)
 
 
@@ -294,6 +295,18 @@ def test_every_head_dim_and_dtype(head_dim: int, dtype: torch.dtype) -> None:
              softcap=3.0, splits=2, scale=4 / math.sqrt(head_dim))
 
 
+def test_a_dense_launch_turns_every_feature_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What keeps the dense kernel's compiled code the one it was (scripts/inspect_decode.py).
+    spy = LaunchSpy(triton_decode._split_kv_kernel)
+    monkeypatch.setattr(triton_decode, "_split_kv_kernel", spy)
+    q, k, v = random_cache(1, 4, 2, 4, 300, 64, F32)
+    decode_forward(q, k, v, causal=True, scale=0.125, num_splits=2)
+    decode_forward(q, k, v, causal=True, scale=0.125, num_splits=2, window=100)
+    off = {"WINDOW": False, "SOFTCAP": False, "SEQLENS": False, "PAGED": False, "GATHER": False}
+    assert {name: spy.launches[0][name] for name in off} == off
+    assert spy.launches[1]["WINDOW"] and not spy.launches[1]["PAGED"]
+
+
 def test_features() -> None:
     assert FEATURES == frozenset({"window", "softcap", "paged"})
     assert FEATURES <= set(CASE_FEATURES)
@@ -392,3 +405,20 @@ def test_gpu_paged_at_realistic_sizes(page: int, window: int | None, softcap: fl
     assert err < TOLERANCES[BF16][0], f"relative output error {err:.3e}"
     dense_out, _ = decode_forward(inputs.q, k.contiguous(), v.contiguous(), **args)
     torch.testing.assert_close(out, dense_out, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="checks the compiled kernel, not the interpreter")
+@pytest.mark.parametrize(("page", "window", "softcap"), [
+    (16, None, None), (256, None, 50.0), (16, 4096, 50.0), (256, 4096, None)])
+def test_gpu_paged_with_per_sequence_lengths(page: int, window: int | None,
+                                             softcap: float | None) -> None:
+    # Lengths from one page to the whole cache, on tile and page edges and off them.
+    lengths = [32768, 16, 17, 4095, 4096, 20000, 32767, 100]
+    q, k, v = random_cache(8, 32, 8, 16, 32768, 128, BF16, seed=page)
+    pk, pv, table = paged(k, v, page, visible(lengths, 32768, 16, window), NAN)
+    out, lse = decode_forward(q, pk, pv, causal=True, scale=1 / math.sqrt(128), window=window,
+                              softcap=softcap, block_table=table, cache_seqlens=seqlens(lengths))
+    ref = reference(q, k, v, lengths, causal=True, scale=1 / math.sqrt(128), window=window,
+                    softcap=softcap)
+    assert_close_to_reference(out, lse, ref)
