@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
-import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from flashbench.kernels import triton_flash
-from flashbench.kernels.triton_flash import _attend_rows, _load_tile, _tma_ready
+from flashbench.kernels.triton_decode_split import _combine_kernel, _split_kv_kernel
+from flashbench.kernels.triton_flash import _tma_ready
 
-__all__ = ["MAX_STACKED_ROWS", "MIN_DECODE_KV_LEN", "MIN_SPLIT_KEYS", "choose_num_splits",
-           "decode_forward", "is_decode_shape", "unsupported_reason"]
+__all__ = ["FEATURES", "MAX_STACKED_ROWS", "MIN_DECODE_KV_LEN", "MIN_SPLIT_KEYS",
+           "choose_num_splits", "decode_forward", "is_decode_shape", "unsupported_reason"]
+
+# What decode_forward implements beyond dense attention (flashbench.core.cases.FEATURES): the
+# dispatcher sends a case that needs one of these here, or nowhere among our kernels.
+FEATURES: frozenset[str] = frozenset({"window", "softcap", "paged"})
 
 # A GQA group's query rows share one Q tile; past 128 rows its fp32 accumulator no longer fits
 # the registers of one program, and the shape is a prefill anyway.
@@ -30,96 +35,9 @@ MIN_SPLIT_KEYS = 512
 _PROGRAMS_PER_SM = 4
 _DEFAULT_SM_COUNT = 132  # an H100 SXM, when there is no CUDA device to ask
 _LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _split_kv_kernel(
-    desc_q, desc_k, desc_v, desc_po, Lse_part,
-    kv_heads, rows, seq_len, kv_len, split_len, num_splits, qk_scale,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    split = tl.program_id(0)
-    pid_bk = tl.program_id(1)
-    batch = pid_bk // kv_heads
-    kv_head = pid_bk % kv_heads
-
-    # The group's query heads are consecutive, so its `rows` = group * seq_len query rows are
-    # consecutive in q viewed as (batch, 1, heads * seq_len, D): one tile, and every K/V tile
-    # read below serves the whole group. Rows past `rows` (the next group's, or zero fill)
-    # are computed independently and never stored.
-    offs_r = tl.arange(0, BLOCK_M)
-    q = _load_tile(desc_q, batch, 0, kv_head * rows, BLOCK_M, BLOCK_D, INTERPRET)
-
-    # split_len is a whole number of tiles, so only the cache's last tile straddles an end.
-    lo = split * split_len
-    hi = tl.minimum(lo + split_len, kv_len)
-    # Bottom-right causal alignment: query position i sees key j iff j <= i + diag. Keys below
-    # diag + 1 are seen by every position; only the last seq_len - 1 keys need a mask.
-    diag = kv_len - seq_len
-    if CAUSAL:
-        seen_by_all = tl.minimum(diag + 1, hi)
-    else:
-        seen_by_all = hi
-    unmasked_hi = tl.maximum(seen_by_all // BLOCK_N * BLOCK_N, lo)
-    pos = offs_r % seq_len
-    # Normalised output and natural-log LSE: with one split these are the final results
-    # (desc_po is then the output itself), and the combine needs nothing else. A row that saw
-    # no key of this split (causal, last split) stores 0 and -inf, which weigh nothing there.
-    out, lse = _attend_rows(q, desc_k, desc_v, batch, kv_head, lo, unmasked_hi, hi, pos, kv_len,
-                            diag, qk_scale, CAUSAL, INTERPRET, BLOCK_M, BLOCK_N, BLOCK_D,
-                            DOT_PRECISION)
-    # Viewed as (batch * kv_heads, rows, num_splits, D): the store is clipped to this group.
-    desc_po.store([pid_bk, 0, split, 0],
-                  out.to(desc_po.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
-    flat_row = pid_bk.to(tl.int64) * rows + offs_r
-    tl.store(Lse_part + flat_row * num_splits + split, lse, mask=offs_r < rows)
-
-
-@triton.jit
-def _combine_chunk(acc, l_i, m_i, desc_po, Lse_part, row, s0, num_splits,
-                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    offs_s = s0 + tl.arange(0, BLOCK_S)
-    lse = tl.load(Lse_part + row.to(tl.int64) * num_splits + offs_s, mask=offs_s < num_splits,
-                  other=float("-inf")) * 1.4426950408889634
-    # Splits past the last are zero-filled by the descriptor and weigh exp2(-inf) = 0.
-    part = desc_po.load([0, row, s0, 0]).reshape(BLOCK_S, BLOCK_D)
-    m_new = tl.maximum(m_i, tl.max(lse, 0))
-    w = tl.exp2(lse - m_new)
-    alpha = tl.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(w, 0)
-    acc = acc * alpha + tl.sum(w[:, None] * part, 0)
-    return acc, l_i, m_new
-
-
-@triton.jit
-def _combine_kernel(
-    desc_po, Lse_part, desc_o, Lse, num_splits,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr,
-):
-    # One program per output row (flat batch, head, query), whose partials lie contiguous,
-    # BLOCK_S splits at a time. Descriptor offsets are int32, pointer offsets int64.
-    row = tl.program_id(0)
-    m_i = tl.full([], -1.0e30, dtype=tl.float32)
-    l_i = tl.full([], 0.0, dtype=tl.float32)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    # Same interpreter workaround as triton_flash._attend_tiles: no range() over runtime bounds.
-    if INTERPRET:
-        s0 = 0
-        while s0 < num_splits:
-            acc, l_i, m_i = _combine_chunk(acc, l_i, m_i, desc_po, Lse_part, row, s0, num_splits,
-                                           BLOCK_S, BLOCK_D)
-            s0 += BLOCK_S
-    else:
-        for s0 in range(0, num_splits, BLOCK_S):
-            acc, l_i, m_i = _combine_chunk(acc, l_i, m_i, desc_po, Lse_part, row, s0, num_splits,
-                                           BLOCK_S, BLOCK_D)
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc * (1.0 / l_safe)
-    desc_o.store([0, 0, row, 0], out.to(desc_o.dtype).reshape(1, 1, 1, BLOCK_D))
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
-    tl.store(Lse + row.to(tl.int64), lse)
+# The smallest power-of-two page read as one key tile of its own (a descriptor load), when it
+# is shorter than the usual tile; smaller pages are gathered row by row, several per tile.
+_MIN_PAGE_TILE = 32
 
 
 def _launch_config(head_dim: int, dtype: torch.dtype, block_m: int,
@@ -174,9 +92,13 @@ def is_decode_shape(seq_len: int, kv_len: int, heads: int, kv_heads: int) -> boo
 
 def unsupported_reason(
     *, heads: int, kv_heads: int, seq_len: int, kv_len: int, head_dim: int, dtype: torch.dtype,
-    causal: bool,
+    causal: bool, window: int | None = None, softcap: float | None = None,
+    page_size: int | None = None,
 ) -> str | None:
-    """Return None when the kernel can run this shape, else a one-line reason why not."""
+    """Return None when the kernel can run this case, else a one-line reason why not.
+
+    ``window``, ``softcap`` and ``page_size`` are the case's (None: not asked for); with a
+    paged cache ``kv_len`` is the longest sequence's cache length."""
     # The attention tiles are triton_flash's, so are its limits.
     reason = triton_flash.unsupported_reason(
         heads=heads, kv_heads=kv_heads, seq_len=seq_len, kv_len=kv_len, head_dim=head_dim,
@@ -189,16 +111,54 @@ def unsupported_reason(
     if (heads // kv_heads) * seq_len > MAX_STACKED_ROWS:
         return (f"(heads // kv_heads) * seq_len = {(heads // kv_heads) * seq_len} query rows per "
                 f"KV head is more than one {MAX_STACKED_ROWS}-row tile")
+    if window is not None and window < 0:
+        return f"window {window} is negative"
+    if window is not None and not causal:
+        return "a sliding window needs causal: it is a left limit on the causal diagonal"
+    if softcap is not None and not (0 < softcap < math.inf):
+        return f"softcap {softcap} is not a positive finite number"
+    if page_size is not None and page_size < 1:
+        return f"page_size {page_size} is not a positive number of keys"
+    if page_size is not None and not is_decode_shape(seq_len, kv_len, heads, kv_heads):
+        why = (f"seq_len {seq_len} is more than 16 queries" if seq_len > 16 else
+               f"kv_len {kv_len} is under {MIN_DECODE_KV_LEN} keys")
+        return (f"a paged KV cache only in decode shapes ({why}): there is no paged prefill "
+                "kernel")
     return None
 
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> None:
-    triton_flash._check_inputs(q, k, v, causal)
-    reason = unsupported_reason(heads=q.shape[1], kv_heads=k.shape[1], seq_len=q.shape[2],
-                                kv_len=k.shape[2], head_dim=q.shape[3], dtype=q.dtype,
-                                causal=causal)
-    if reason is not None:
-        raise ValueError(reason)
+def _check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   block_table: torch.Tensor | None, cache_seqlens: torch.Tensor | None
+                   ) -> tuple[int, int, int | None]:
+    """(kv_heads, the cache's capacity in keys, the page size or None), once the tensors'
+    shapes, dtypes and devices agree."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k and v must be 4-D: q (batch, heads, seq_len, head_dim), k and v "
+                         "(batch, kv_heads, kv_len, head_dim) or, paged, (pages, page_size, "
+                         "kv_heads, head_dim)")
+    if not (q.dtype == k.dtype == v.dtype) or not (q.device == k.device == v.device):
+        raise ValueError("q, k and v must share dtype and device")
+    batch, head_dim = q.shape[0], q.shape[3]
+    if block_table is None:
+        kv_batch, kv_heads, capacity, kv_dim = k.shape
+        page_size = None
+    else:
+        if (block_table.dim() != 2 or block_table.dtype != torch.int32
+                or block_table.device != q.device):
+            raise ValueError("block_table must be int32 (batch, pages per sequence) on q's device")
+        kv_batch, pages_per_seq = block_table.shape
+        page_size, kv_heads, kv_dim = k.shape[1:]
+        capacity = pages_per_seq * page_size
+    if v.shape != k.shape or kv_batch != batch or kv_dim != head_dim:
+        raise ValueError(f"incompatible shapes: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}"
+                         + (f", block_table {tuple(block_table.shape)}" if block_table is not None
+                            else ""))
+    if cache_seqlens is not None and (cache_seqlens.shape != (batch,)
+                                      or cache_seqlens.dtype != torch.int32
+                                      or cache_seqlens.device != q.device):
+        raise ValueError(f"cache_seqlens must be int32 ({batch},) on q's device")
+    return kv_heads, capacity, page_size
 
 
 def _sm_count(device: torch.device) -> int:
@@ -207,71 +167,175 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def decode_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float,
-    num_splits: int | None = None, fp32_precision: str = "tf32",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of a few queries q (B, H, N, D) over a KV cache k, v (B, Hkv, Nk, D).
+class _Plan(NamedTuple):
+    block_m: int
+    block_n: int
+    block_d: int
+    num_warps: int
+    num_stages: int
+    page_size: int | None
+    gather: bool  # paged, pages shorter than (or not a multiple of) the key tile
+    window: int | None  # None too when the window holds the whole cache
+    num_splits: int
+    split_len: int
 
-    Returns the output in q's dtype and the fp32 natural-log log-sum-exp (B, H, N).
-    ``num_splits`` overrides ``choose_num_splits``; splits are rounded to whole key tiles, and
-    splits that would start past the last key are not launched. ``fp32_precision`` is how fp32
-    inputs are multiplied on a GPU: "tf32" or "ieee" (triton_flash.dot_precision).
-    """
-    _check_inputs(q, k, v, causal)
-    precision = triton_flash.dot_precision(q.dtype, fp32_precision)
+
+def _page_tiles(page_size: int, block_n: int) -> tuple[int, bool]:
+    """(BLOCK_N, gather) for a paged cache: a tile inside one page when pages are a multiple
+    of the tile, or a power of two of at least _MIN_PAGE_TILE keys (the tile shrinks to the
+    page); else the tile's rows gathered through the block table."""
+    if page_size % block_n == 0:
+        return block_n, False
+    if page_size >= _MIN_PAGE_TILE and page_size & (page_size - 1) == 0:
+        return page_size, False
+    return block_n, True
+
+
+def _plan(q: torch.Tensor, kv_heads: int, capacity: int, page_size: int | None,
+          window: int | None, num_splits: int | None, interpret: bool) -> _Plan:
     batch, heads, seq_len, head_dim = q.shape
-    kv_heads, kv_len = k.shape[1], k.shape[2]
     rows = heads // kv_heads * seq_len
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     block_m = max(16, triton.next_power_of_2(rows))  # tl.dot needs M >= 16
-    block_d = triton.next_power_of_2(head_dim)
     block_n, num_warps, num_stages = _launch_config(head_dim, q.dtype, block_m, interpret)
+    gather = False
+    if page_size is not None:
+        block_n, gather = _page_tiles(page_size, block_n)
+        # A tile's loads wait on its block-table entry, and the pipeliner splits the stages
+        # between the two: twice the dense kernel's distance keeps its K/V buffers.
+        num_stages = 2 * num_stages - 1
+    if window is not None and window >= capacity:
+        window = None  # every key of the cache is inside it: plain causal
+    # The keys the splits cover: the whole cache, or the window's (from its first key rounded
+    # down to a tile). Splits are chosen by the keys read, cut in whole tiles, and splits that
+    # would start past the last key are not launched.
+    span = capacity if window is None else min(capacity, seq_len + window + block_n - 1)
     if num_splits is None:
-        num_splits = choose_num_splits(batch, kv_heads, kv_len, _sm_count(q.device))
+        read = capacity if window is None else min(capacity, seq_len + window)
+        num_splits = choose_num_splits(batch, kv_heads, read, _sm_count(q.device))
     if num_splits < 1:
         raise ValueError(f"num_splits must be at least 1, got {num_splits}")
-    split_len = triton.cdiv(triton.cdiv(kv_len, num_splits), block_n) * block_n
-    num_splits = triton.cdiv(kv_len, split_len)
+    split_len = triton.cdiv(triton.cdiv(span, num_splits), block_n) * block_n
+    return _Plan(block_m, block_n, triton.next_power_of_2(head_dim), num_warps, num_stages,
+                 page_size, gather, window, triton.cdiv(span, split_len), split_len)
 
-    # reshape is a view whenever heads and queries merge (always at seq_len 1), else a copy of
-    # the small q.
-    q = _tma_ready(q.reshape(batch, 1, heads * seq_len, head_dim))
-    k, v = _tma_ready(k), _tma_ready(v)
+
+def decode_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float,
+    num_splits: int | None = None, fp32_precision: str = "tf32", window: int | None = None,
+    softcap: float | None = None, block_table: torch.Tensor | None = None,
+    cache_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of a few queries q (B, H, N, D) over a KV cache.
+
+    The cache is k, v (B, Hkv, Nk, D), or with ``block_table`` (int32 (B, pages per sequence))
+    pools k, v (pages, page_size, Hkv, D) whose pages the table names in order.
+    ``cache_seqlens`` (int32 (B,)) gives each sequence's cache length (default: all of it, Nk
+    or pages per sequence × page_size); keys past it, and pages wholly past it or before a
+    window, are never read into the result. Causal aligns the diagonal to each sequence's
+    end. Not checked on the device: that each length is at most the capacity (and at least
+    N when causal) and that the table names pages of the pool. ``window`` keeps keys
+    i' - window <= j <= i' (causal only); ``softcap`` caps the scaled scores as
+    c·tanh(s/c) before masking.
+    Returns the output in q's dtype and the fp32 natural-log log-sum-exp (B, H, N); a row
+    that sees no key gets 0 and -inf. ``num_splits`` overrides ``choose_num_splits``; splits
+    are rounded to whole key tiles, and splits that would start past the last key are not
+    launched. ``fp32_precision`` is how fp32 inputs are multiplied on a GPU: "tf32" or "ieee"
+    (triton_flash.dot_precision).
+    """
+    kv_heads, capacity, page_size = _check_tensors(q, k, v, block_table, cache_seqlens)
+    reason = unsupported_reason(
+        heads=q.shape[1], kv_heads=kv_heads, seq_len=q.shape[2], kv_len=capacity,
+        head_dim=q.shape[3], dtype=q.dtype, causal=causal, window=window, softcap=softcap,
+        page_size=page_size)
+    if reason is not None:
+        raise ValueError(reason)
+    precision = triton_flash.dot_precision(q.dtype, fp32_precision)
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    plan = _plan(q, kv_heads, capacity, page_size, window, num_splits, interpret)
+    batch, heads, seq_len, head_dim = q.shape
     out = torch.empty((batch, heads, seq_len, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, seq_len), dtype=torch.float32, device=q.device)
     # Partials in rows of flat (batch, head, query), so each KV head's group is a block of
     # rows; one split writes the output and LSE directly and needs no combine.
-    if num_splits == 1:
+    if plan.num_splits == 1:
         part, lse_part = out, lse
     else:
-        part = torch.empty((batch * heads * seq_len, num_splits, head_dim), dtype=torch.float32,
-                           device=q.device)
-        lse_part = torch.empty((batch * heads * seq_len, num_splits), dtype=torch.float32,
+        part = torch.empty((batch * heads * seq_len, plan.num_splits, head_dim),
+                           dtype=torch.float32, device=q.device)
+        lse_part = torch.empty((batch * heads * seq_len, plan.num_splits), dtype=torch.float32,
                                device=q.device)
-
-    desc_q = TensorDescriptor.from_tensor(q, [1, 1, block_m, block_d])
-    desc_k = TensorDescriptor.from_tensor(k, [1, 1, block_n, block_d])
-    desc_v = TensorDescriptor.from_tensor(v, [1, 1, block_n, block_d])
-    desc_po = TensorDescriptor.from_tensor(
-        part.view(batch * kv_heads, rows, num_splits, head_dim), [1, block_m, 1, block_d])
-    _split_kv_kernel[(num_splits, batch * kv_heads)](
-        desc_q, desc_k, desc_v, desc_po, lse_part,
-        kv_heads, rows, seq_len, kv_len, split_len, num_splits, scale * _LOG2E,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CAUSAL=causal, INTERPRET=interpret,
-        DOT_PRECISION=precision, num_warps=num_warps, num_stages=num_stages,
-    )
-    if num_splits > 1:
-        # Up to 32 splits of a row in one load (16 KB at D=128); more take several.
-        block_s = min(triton.next_power_of_2(num_splits), 32)
-        total_rows = batch * heads * seq_len
-        _combine_kernel[(total_rows,)](
-            TensorDescriptor.from_tensor(part.view(1, total_rows, num_splits, head_dim),
-                                         [1, 1, block_s, block_d]),
-            lse_part,
-            TensorDescriptor.from_tensor(out.view(1, 1, total_rows, head_dim),
-                                         [1, 1, 1, block_d]),
-            lse, num_splits,
-            BLOCK_S=block_s, BLOCK_D=block_d, INTERPRET=interpret, num_warps=4, num_stages=2,
-        )
+    _launch_splits(q, k, v, part, lse_part, plan, kv_heads=kv_heads, capacity=capacity,
+                   causal=causal, scale=scale, softcap=softcap, block_table=block_table,
+                   cache_seqlens=cache_seqlens, precision=precision, interpret=interpret)
+    if plan.num_splits > 1:
+        _combine(part, lse_part, out, lse, plan.num_splits, plan.block_d, interpret)
     return out, lse
+
+
+def _kv_arguments(k: torch.Tensor, v: torch.Tensor, block_table: torch.Tensor | None,
+                  plan: _Plan) -> tuple:
+    """The split kernel's K/V arguments: (desc_k, desc_v, K, V, Block_table, table_stride,
+    stride_page, stride_slot, stride_head); None and 0 where the layout needs none."""
+    box = [1, 1, plan.block_n, plan.block_d]
+    if block_table is None:
+        k, v = _tma_ready(k), _tma_ready(v)
+        return (TensorDescriptor.from_tensor(k, box), TensorDescriptor.from_tensor(v, box),
+                None, None, None, 0, 0, 0, 0)
+    if block_table.stride(1) != 1:
+        block_table = block_table.contiguous()
+    if plan.gather:
+        # Pointer loads: any strides with a unit last one, the same for both pools.
+        if k.stride(-1) != 1 or v.stride() != k.stride():
+            k, v = k.contiguous(), v.contiguous()
+        return (None, None, k, v, block_table, block_table.stride(0), *k.stride()[:3])
+    # Descriptors over (pages, kv_heads, page_size, D) views of the pools: a tile is then the
+    # dense kernel's box (the copy engine takes any 16-byte strides).
+    k, v = _tma_ready(k).transpose(1, 2), _tma_ready(v).transpose(1, 2)
+    return (TensorDescriptor.from_tensor(k, box), TensorDescriptor.from_tensor(v, box),
+            None, None, block_table, block_table.stride(0), 0, 0, 0)
+
+
+def _launch_splits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part: torch.Tensor,
+                   lse_part: torch.Tensor, plan: _Plan, *, kv_heads: int, capacity: int,
+                   causal: bool, scale: float, softcap: float | None,
+                   block_table: torch.Tensor | None, cache_seqlens: torch.Tensor | None,
+                   precision: str, interpret: bool) -> None:
+    batch, heads, seq_len, head_dim = q.shape
+    rows = heads // kv_heads * seq_len
+    # reshape is a view whenever heads and queries merge (always at seq_len 1), else a copy of
+    # the small q.
+    q = _tma_ready(q.reshape(batch, 1, heads * seq_len, head_dim))
+    desc_k, desc_v, pool_k, pool_v, table, *strides = _kv_arguments(k, v, block_table, plan)
+    if softcap is None:
+        qk_scale, cap_scale = scale * _LOG2E, 0.0
+    else:
+        qk_scale, cap_scale = 2 * _LOG2E * scale / softcap, softcap * _LOG2E
+    _split_kv_kernel[(plan.num_splits, batch * kv_heads)](
+        TensorDescriptor.from_tensor(q, [1, 1, plan.block_m, plan.block_d]), desc_k, desc_v,
+        TensorDescriptor.from_tensor(
+            part.view(batch * kv_heads, rows, plan.num_splits, head_dim),
+            [1, plan.block_m, 1, plan.block_d]),
+        lse_part, pool_k, pool_v, table, cache_seqlens,
+        kv_heads, rows, seq_len, capacity, plan.split_len, plan.num_splits, qk_scale, cap_scale,
+        plan.window or 0, *strides, head_dim,
+        BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, CAUSAL=causal,
+        WINDOW=plan.window is not None, SOFTCAP=softcap is not None,
+        SEQLENS=cache_seqlens is not None, PAGED=table is not None, GATHER=plan.gather,
+        PAGE_SIZE=plan.page_size or 0, INTERPRET=interpret, DOT_PRECISION=precision,
+        num_warps=plan.num_warps, num_stages=plan.num_stages,
+    )
+
+
+def _combine(part, lse_part, out, lse, num_splits: int, block_d: int, interpret: bool) -> None:
+    # Up to 32 splits of a row in one load (16 KB at D=128); more take several.
+    block_s = min(triton.next_power_of_2(num_splits), 32)
+    total_rows, head_dim = part.shape[0], part.shape[2]
+    _combine_kernel[(total_rows,)](
+        TensorDescriptor.from_tensor(part.view(1, total_rows, num_splits, head_dim),
+                                     [1, 1, block_s, block_d]),
+        lse_part,
+        TensorDescriptor.from_tensor(out.view(1, 1, total_rows, head_dim),
+                                     [1, 1, 1, block_d]),
+        lse, num_splits,
+        BLOCK_S=block_s, BLOCK_D=block_d, INTERPRET=interpret, num_warps=4, num_stages=2,
+    )
