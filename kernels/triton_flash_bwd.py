@@ -271,8 +271,9 @@ def attention_backward(
     triton_flash.dot_precision).
 
     Dense: q, out, dout (B, H, N, D); k, v (B, Hkv, Nk, D); lse float32 (B, H, N). Ragged
-    (``cu_seqlens`` given: int32 (B + 1) offsets; ``max_seqlen`` the longest sequence, read
-    from cu_seqlens when None): q, out, dout packed (T, H, D); k, v (T, Hkv, D); lse float32
+    (``cu_seqlens`` given: int32 (B + 1) offsets; ``max_seqlen`` at least the longest
+    sequence, read from cu_seqlens when None, at the cost of a device sync; the grid covers
+    that many rows): q, out, dout packed (T, H, D); k, v (T, Hkv, D); lse float32
     (H, T), each head's row contiguous; each sequence attends within itself. lse is the
     natural-log log-sum-exp of each query's scaled, capped, masked scores.
 
