@@ -257,6 +257,14 @@ def test_ragged_matches_reference(lens, causal: bool, window: int | None,
                  scale=1.0 if softcap else None)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", triton_flash.SUPPORTED_HEAD_DIMS)
+def test_ragged_in_every_head_dim_and_dtype(head_dim: int, dtype: torch.dtype) -> None:
+    lens = (1, 40, 7)
+    q, k, v, cu = make_ragged(lens, 2, 1, head_dim, dtype, seed=head_dim)
+    check_ragged(lens, q, k, v, cu, window=13, softcap=4.0, scale=1.0)
+
+
 def test_a_ragged_batch_of_one_sequence_is_the_dense_kernel() -> None:
     q, k, v, cu = make_ragged((77,), 4, 2, 64, F32)
     packed, packed_lse = attention_forward(q, k, v, causal=True, scale=0.2, cu_seqlens=cu,
