@@ -4,7 +4,7 @@ For each launch configuration: registers, spills, shared memory, and the counts 
 instructions that matter (HGMMA, the TMA bulk tensor copies, exp2), from the SASS.
 
     python scripts/inspect_kernel.py [--head-dim 128] [--dtype bf16] [--causal]
-                                     [--fp32-precision tf32|ieee]
+                                     [--fp32-precision tf32|ieee] [--window] [--softcap]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ CUOBJDUMP = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
 
 
 def compile_config(cfg: tf.LaunchConfig, head_dim: int, dtype: str, causal: bool,
-                   fp32_precision: str = "tf32"):
+                   fp32_precision: str = "tf32", window: bool = False, softcap: bool = False):
     block_d = triton.next_power_of_2(head_dim)
     t = TYPES[dtype]
     signature = {
@@ -39,13 +39,15 @@ def compile_config(cfg: tf.LaunchConfig, head_dim: int, dtype: str, causal: bool
         "desc_v": f"tensordesc<{t}[1,1,{cfg.block_n},{block_d}]>",
         "desc_o": f"tensordesc<{t}[1,1,{cfg.block_m},{block_d}]>",
         "Lse": "*fp32", "num_heads": "i32", "group": "i32", "seq_len": "i32", "kv_len": "i32",
-        "qk_scale": "fp32", "BLOCK_D": "constexpr", "BLOCK_M": "constexpr",
+        "qk_scale": "fp32", "window": "i32", "cap_in": "fp32", "cap_out": "fp32",
+        "BLOCK_D": "constexpr", "BLOCK_M": "constexpr",
         "BLOCK_N": "constexpr", "CAUSAL": "constexpr", "INTERPRET": "constexpr",
-        "DOT_PRECISION": "constexpr",
+        "DOT_PRECISION": "constexpr", "WINDOW": "constexpr", "SOFTCAP": "constexpr",
     }
     precision = fp32_precision if dtype == "fp32" else "tf32"  # as tf.dot_precision picks it
     constexprs = {"BLOCK_D": block_d, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-                  "CAUSAL": causal, "INTERPRET": False, "DOT_PRECISION": precision}
+                  "CAUSAL": causal, "INTERPRET": False, "DOT_PRECISION": precision,
+                  "WINDOW": window, "SOFTCAP": softcap}
     src = ASTSource(fn=tf._attn_fwd_kernel, signature=signature, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
@@ -65,13 +67,16 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=TYPES)
     parser.add_argument("--causal", action="store_true")
     parser.add_argument("--fp32-precision", default="tf32", choices=tf.FP32_PRECISIONS)
+    parser.add_argument("--window", action="store_true", help="the sliding-window variant")
+    parser.add_argument("--softcap", action="store_true", help="the softcap variant")
     args = parser.parse_args()
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     print("| BM | BN | warps | stages | regs | stack | smem KB | HGMMA | UTMALDG | MUFU.EX2 | HMMA | FFMA | SETMAXREG |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cfg in tf.candidate_configs(args.head_dim, torch_dtype, args.fp32_precision):
         try:
-            c = compile_config(cfg, args.head_dim, args.dtype, args.causal, args.fp32_precision)
+            c = compile_config(cfg, args.head_dim, args.dtype, args.causal or args.window,
+                               args.fp32_precision, args.window, args.softcap)
         except RuntimeError as e:
             print(f"| {cfg.block_m} | {cfg.block_n} | {cfg.num_warps} | {cfg.num_stages} | "
                   f"compile failed: {str(e).splitlines()[0]} |")

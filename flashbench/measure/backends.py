@@ -73,26 +73,23 @@ def _triton(spec: BackendSpec) -> Backend:
             return f"triton is not installed ({e})"
         return None
 
+    # What runs (per mode, feature and layout: prefill, varlen, decode, paged decode) is the
+    # kernels' own knowledge (kernels/triton_flash_support.py).
     def unsupported(case: Case) -> str | None:
         from flashbench.kernels import triton_flash
 
-        return missing_features(case, triton_flash.FEATURES, "triton") \
-            or triton_flash.unsupported_reason(
-                heads=case.heads, kv_heads=case.kv_heads, seq_len=case.seq_len,
-                kv_len=case.kv_len, head_dim=case.head_dim, dtype=torch_dtype(case.dtype),
-                causal=case.causal)
+        return triton_flash.unsupported_case(case)
 
     def prepare(inputs: AttentionInputs, fp32_precision: str = "tf32"
                 ) -> Callable[[], torch.Tensor]:
         from flashbench.kernels import triton_flash
 
-        return triton_flash.prepare(*inputs.tensors, causal=inputs.causal, scale=inputs.scale,
-                                    fp32_precision=fp32_precision)
+        return triton_flash.prepare(inputs, fp32_precision=fp32_precision)
 
     def resolve(inputs: AttentionInputs) -> str:
         from flashbench.kernels import triton_flash
 
-        return triton_flash.kernel_name(inputs.q, inputs.k, causal=inputs.causal)
+        return triton_flash.kernel_name(inputs)
 
     return Backend(spec, prepare, unavailable, unsupported, resolve=resolve)
 
