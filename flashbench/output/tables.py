@@ -116,8 +116,8 @@ def sweep_table(rows: list[dict[str, Any]], title: str = "flashbench") -> Grid:
         for b, cols in groups:
             for col, cell in zip(cols, _sweep_cells(cells.get(b), fastest, clock, metrics, seen)):
                 col.cells.append(cell)
-    fixed = " ".join(f"{f}={shape_value(f, rows[0][f])}" for f in SHAPE_FIELDS
-                     if len({r[f] for r in rows}) == 1 and not is_missing(rows[0][f]))
+    fixed = " ".join(f"{f}={shape_value(f, rows[0].get(f))}" for f in SHAPE_FIELDS
+                     if len({r.get(f) for r in rows}) == 1 and not is_missing(rows[0].get(f)))
     memory = ["mem: peak allocated beyond the inputs (binary units)"] \
         if any(label == "mem" for label, _ in metrics) else []
     return Grid(f"{title}\n{fixed}" if fixed else title, keys, groups,
