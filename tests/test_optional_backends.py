@@ -1,5 +1,6 @@
 """flash-attn and flashinfer: absent (here and on the GPU machine) they say why, and present (fake packages with reference math) they get the right arguments."""
 
+import importlib.util
 import json
 import math
 import os
@@ -25,6 +26,9 @@ PARENT_PROBE = (
     "app()\n"
 )
 TIMING = "timing: {budget_ms: 5, min_window_ms: 0, min_samples: 2, warmup_ms: 1}\n"
+absent = pytest.mark.skipif(
+    any(importlib.util.find_spec(name) for name in ("flash_attn", "flashinfer")),
+    reason="flash-attn or flashinfer is installed here: the absent path cannot be seen")
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +56,7 @@ def sweep(tmp_path: Path, body: str, *, env: dict | None = None) -> subprocess.C
                           env=os.environ | (env or {}))
 
 
+@absent
 def test_absent_packages_are_listed_with_why_not():
     result = CliRunner().invoke(app, ["list", "--device", "cpu"])
     assert result.exit_code == 0, result.output
@@ -61,6 +66,7 @@ def test_absent_packages_are_listed_with_why_not():
     assert " no " in lines["flash-attn"] and " yes " in lines["flex"]
 
 
+@absent
 def test_absent_packages_make_rows_unsupported_and_the_sweep_goes_on(tmp_path):
     result = sweep(tmp_path, "device: cpu\nbackends: [flash-attn, flashinfer, naive]\n"
                              "batch: 1\nheads: 2\nseq_len: 16\nhead_dim: 16\ndtype: bf16\n"
