@@ -60,9 +60,9 @@ _RECOMPILE_LIMIT = 1 << 16
 
 
 def unavailable(device: torch.device) -> str | None:
-    """Why flex cannot run on ``device``: on CUDA it compiles to Triton. (It also needs dynamo,
-    which a Python torch.compile does not support would refuse at the first call: asking here
-    would import torch._dynamo, seconds, for `flashbench list`.)"""
+    """Why flex cannot run on ``device``: on CUDA it compiles to Triton. (It also needs dynamo:
+    on a Python that torch.compile does not support, the first call says so; asking here
+    would import torch._dynamo, seconds, for every `flashbench list`.)"""
     if device.type == "cuda":
         try:
             import triton  # noqa: F401
