@@ -31,7 +31,8 @@ __all__ = ["FP32_MATMULS", "Algorithm", "BackendSpec", "Family", "Fp32Matmul", "
            "backends", "baseline_names", "builtin_names", "names", "plugin_specs",
            "register_backend", "restore_plugins"]
 
-Family = Literal["triton", "sdpa", "naive", "plugin"]
+Family = Literal["triton", "sdpa", "naive", "flex", "flash-attn", "flashinfer",
+                 "plugin"]
 Algorithm = Literal["flash", "naive", "math"]  # traffic models, flashbench.core.costs
 # How a backend multiplies fp32 inputs on a GPU, which decides a row's matmul_precision
 # (flashbench.measure.backends.matmul_precision). "ieee" and "tf32": always so; "sweep": as
@@ -62,12 +63,14 @@ class BackendSpec:
     unsupported: Callable[[Case], str | None] | None = None
     resolve: Callable[..., str] | None = None
     fp32_matmul: Fp32Matmul | None = None  # None: not declared (a plugin's rows say null)
-    # What a plugin implements beyond dense attention (flashbench.core.cases.FEATURES); it is
-    # never given a case that needs another, and gets each one's arguments by keyword.
+    # What it implements beyond dense attention (flashbench.core.cases.FEATURES): a plugin or
+    # a built-in of the flex, flash-attn and flashinfer families is never given a case that
+    # needs another (a plugin gets each one's arguments by keyword).
     features: tuple[str, ...] = ()
 
 
 _SDPA = "flashbench.kernels.sdpa"  # imports torch._dynamo: seconds
+_ALL_FEATURES = FEATURES
 # fp32 on a GPU: FlashAttention-2 has no fp32 kernel (SDPA refuses, and on a CPU its flash
 # path is torch's own IEEE code); the memory-efficient kernel's CUTLASS GEMMs run fp32 as
 # 3xTF32 from sm_80 on (OpMultiplyAddFastF32, fp32-accurate) and as SIMT FMAs before, whatever
@@ -88,6 +91,16 @@ _BUILTINS: tuple[BackendSpec, ...] = (
                 algorithm="math", baseline=True, preload=_SDPA, fp32_matmul="torch"),
     BackendSpec("naive", "naive", "materialized S and P, softmax in fp32", algorithm="naive",
                 fp32_matmul="torch"),
+    # Compiled to a fused Triton kernel on CUDA, whose fp32 products follow torch's cuBLAS
+    # setting when it is compiled (flashbench.kernels.flex); eager and unfused on a CPU.
+    BackendSpec("flex", "flex", "PyTorch FlexAttention (compiled on CUDA, eager on a CPU)",
+                preload="torch._dynamo", fp32_matmul="torch", features=_ALL_FEATURES),
+    # Optional packages, available only where they import (neither has an fp32 kernel).
+    BackendSpec("flash-attn", "flash-attn", "Tri Dao's flash-attn package (FlashAttention-2)",
+                features=_ALL_FEATURES),
+    BackendSpec("flashinfer", "flashinfer",
+                "FlashInfer's batch decode wrapper over a paged KV cache",
+                features=("window", "softcap", "paged")),
 )
 _BUILTIN_BY_NAME = {b.name: b for b in _BUILTINS}
 _PLUGINS: dict[str, BackendSpec] = {}

@@ -175,7 +175,8 @@ def finite_or_none(value: Any) -> Any:
 
 def by_shape(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, Any]]]:
     """Rows grouped by shape (every case field but the backend), each group by backend, in
-    order of first appearance: the side-by-side view of a run."""
+    order of first appearance: the side-by-side view of a run. A row without one of the newer
+    case fields (built in memory by older code) is the dense case, as reading a run makes it."""
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r.get(f) for f in SHAPE_FIELDS), {})[r["backend"]] = r

@@ -1,14 +1,16 @@
 """What each registered backend does on the device: prepare a call, say why it cannot run, name what ran.
 
 flashbench.core.registry declares every backend once; this module gives each declaration its
-torch-side behaviour: the built-ins by family (triton, sdpa, naive), plugins from the callables
-they registered. Each backend turns inputs into a zero-argument callable (set-up stays outside
-the timed region) and says, before anything runs, why it cannot run a case or run here at all.
+torch-side behaviour: the built-ins by family (triton, sdpa, naive; flex, flash-attn and
+flashinfer through their kernel modules), plugins from the callables they registered. Each
+backend turns inputs into a zero-argument callable (set-up stays outside the timed region)
+and says, before anything runs, why it cannot run a case or run here at all.
 Importing this module imports torch; the CLI imports it only inside commands.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -142,6 +144,28 @@ def _naive(spec: BackendSpec) -> Backend:
     return Backend(spec, naive.prepare, _never, _causal_supported)
 
 
+# Families whose kernel module says for itself, once imported, whether it can run here
+# (unavailable), what it refuses beyond its declared features (unsupported), how it prepares
+# and what ran (resolve); imported only when asked, since flash-attn and flashinfer are
+# optional packages.
+_KERNEL_MODULES = {"flex": "flashbench.kernels.flex",
+                   "flash-attn": "flashbench.kernels.flash_attn_lib",
+                   "flashinfer": "flashbench.kernels.flashinfer_lib"}
+
+
+def _kernel_module(spec: BackendSpec) -> Backend:
+    def kernel():
+        return importlib.import_module(_KERNEL_MODULES[spec.family])
+
+    def unsupported(case: Case) -> str | None:
+        return _causal_supported(case) or missing_features(case, spec.features, spec.name) \
+            or kernel().unsupported(case)
+
+    return Backend(spec, lambda inputs: kernel().prepare(inputs),
+                   lambda device: kernel().unavailable(device), unsupported,
+                   resolve=lambda inputs: kernel().resolve(inputs))
+
+
 def _plugin(spec: BackendSpec) -> Backend:
     call = spec.call
     assert call is not None
@@ -184,7 +208,8 @@ def _feature_arguments(inputs: AttentionInputs) -> dict:
     return extra
 
 
-_BY_FAMILY = {"triton": _triton, "sdpa": _sdpa, "naive": _naive, "plugin": _plugin}
+_BY_FAMILY = {"triton": _triton, "sdpa": _sdpa, "naive": _naive, "plugin": _plugin,
+              "flex": _kernel_module, "flash-attn": _kernel_module, "flashinfer": _kernel_module}
 _BUILT: dict[str, Backend] = {}
 
 

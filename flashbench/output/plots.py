@@ -25,9 +25,11 @@ __all__ = ["make_plots"]
 
 DPI = 110
 _PANEL_W, _PANEL_H = 5.2, 3.6  # inches per facet
+# Ten built-in backends take the first ten colours; plugins the rest, then the cycle again.
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-            "#7f7f7f", "#bcbd22", "#17becf")
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+            "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
+            "#7b4173", "#3182bd")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "d", "H", "8", "x")
 # Shape fields that split a figure into facets when they vary; head_dim and causal always do.
 _FACET_FIELDS = ("mode", "dtype", "batch", "heads", "kv_heads", "head_dim", "causal")
 
