@@ -31,13 +31,15 @@ _SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, tor
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # What the prefill forward kernel implements beyond dense attention.
 PREFILL_FEATURES: frozenset[str] = frozenset({"window", "softcap", "ragged"})
-# What the backward kernels implement (until they do, a backward mode of a case with one of
-# these is unsupported, and autograd through ``attention`` refuses it).
-BACKWARD_FEATURES: frozenset[str] = frozenset()
+# What the backward kernels implement (a backward mode of a case with another is unsupported,
+# and autograd through ``attention`` refuses it). Spelled out here, not imported, so that
+# asking what runs imports no triton; tests/test_triton_support.py holds them equal to
+# triton_flash_bwd.FEATURES and triton_decode.FEATURES.
+BACKWARD_FEATURES: frozenset[str] = frozenset({"window", "softcap", "ragged"})
 # What the decode kernel implements: a decode-shaped case with a feature outside this runs on
 # the prefill kernel when that can (a window or a softcap on a dense cache), else (a paged
 # cache) is unsupported.
-DECODE_FEATURES: frozenset[str] = frozenset()
+DECODE_FEATURES: frozenset[str] = frozenset({"window", "softcap", "paged"})
 # What the ``triton`` backend runs in some mode (flashbench.core.cases.FEATURES).
 FEATURES: frozenset[str] = PREFILL_FEATURES | (DECODE_FEATURES & {"paged"})
 
