@@ -11,7 +11,7 @@ export FLASHBENCH_CACHE_DIR=/tmp/flashbench-cache
 runs=/tmp/deploy && mkdir -p "$runs"
 if ! flashbench calibrate --show >/dev/null 2>&1; then
   echo "== flashbench calibrate ($(date -u +%T))" | tee -a "$log"
-  flashbench calibrate --no-progress >"$runs/calibrate.txt" 2>&1
+  flashbench calibrate --dtypes bf16 --no-progress >"$runs/calibrate.txt" 2>&1
 fi
 flashbench calibrate --show --json >"$runs/ceilings.json" 2>>"$log"
 if [[ -n "${TESTS:-}" ]]; then
