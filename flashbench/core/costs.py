@@ -174,7 +174,7 @@ def _forward_bytes(case: Case, algorithm: Algorithm) -> int:
         if e != 4:
             traffic += e * m + 4 * m  # S upcast to fp32
         if case.softcap is not None:
-            traffic += 3 * 2 * 4 * m  # c·tanh(S/c) in place: three passes over fp32 S
+            traffic += 3 * 2 * 4 * m  # c·tanh(S/c): three passes over fp32 S (divide, tanh, scale)
         traffic += 4 * m + 4 * m  # softmax reads S, writes P, both fp32
         if e != 4:
             traffic += 4 * m + e * m  # P cast back to the input dtype

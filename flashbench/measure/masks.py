@@ -39,7 +39,8 @@ def padded_keep_mask(seq_lens: tuple[int, ...], longest: int, *, causal: bool,
 
 
 def apply_softcap(s: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    """c·tanh(s/c) in place (Gemma-2's logit cap), or ``s`` as it is."""
+    """c·tanh(s/c) (Gemma-2's logit cap), or ``s`` as it is. Out of place, in three passes:
+    tanh's backward needs its output, which an in-place multiply would overwrite."""
     if softcap is None:
         return s
-    return s.div_(softcap).tanh_().mul_(softcap)
+    return torch.tanh(s / softcap) * softcap

@@ -56,7 +56,7 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, ca
     step = max(1, REFERENCE_CHUNK_BYTES // max(per_slice, 1))
     for i in range(0, qf.shape[0], step):
         s = torch.bmm(qf[i:i + step].to(dtype), kf[i:i + step].to(dtype).transpose(1, 2))
-        apply_softcap(s.mul_(scale), softcap)
+        s = apply_softcap(s.mul_(scale), softcap)
         if masked_out is not None:
             s.masked_fill_(masked_out, float("-inf"))
         out[i:i + step] = torch.bmm(torch.softmax(s, dim=-1), vf[i:i + step].to(dtype))
