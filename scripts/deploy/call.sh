@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Issue 16's evidence on the lent GPU machine, in bounded steps so one ten-minute call always
 # brings its files back: the card's ceilings (calibrated once per machine, for GB/s as a share
-# of the copy rate), optionally GPU tests (pytest -m gpu on the files named by TESTS), then each
-# named sweep (scripts/deploy/NAME.yaml or a preset, with FLAGS_NAME extra flags), each bounded
-# by SECONDS_NAME (default 200 s; SIGINT: the run stops after its group, rows kept).
+# of the copy rate), each named sweep (scripts/deploy/NAME.yaml or a preset, with FLAGS_NAME
+# extra flags), each bounded by SECONDS_NAME (default 200 s; SIGINT: the run stops after its
+# group, rows kept), then optionally GPU tests (pytest -m gpu on the files named by TESTS).
 # Usage (repository root): TESTS="tests/test_x.py" bash scripts/deploy/call.sh window ragged-prefill
 set -uo pipefail
 source scripts/device_setup.sh
@@ -14,12 +14,6 @@ if ! flashbench calibrate --show >/dev/null 2>&1; then
   flashbench calibrate --dtypes bf16 --no-progress >"$runs/calibrate.txt" 2>&1
 fi
 flashbench calibrate --show --json >"$runs/ceilings.json" 2>>"$log"
-if [[ -n "${TESTS:-}" ]]; then
-  echo "== GPU tests ($(date -u +%T)): $TESTS" | tee -a "$log"
-  timeout -s INT "${TESTS_SECONDS:-240}" python3 -m pytest -q -m gpu -p no:cacheprovider \
-    $TESTS >"$runs/gpu-tests.log" 2>&1
-  echo "exit $? ($(date -u +%T))" | tee -a "$log"; tail -n 15 "$runs/gpu-tests.log"
-fi
 for name in "$@"; do
   config=scripts/deploy/$name.yaml; [[ -f $config ]] || config=$name
   flags_var=FLAGS_${name//[-.]/_}; seconds_var=SECONDS_${name//[-.]/_}
@@ -29,5 +23,11 @@ for name in "$@"; do
     --out "$runs/$name" >"$runs/$name.table.txt" 2>"$runs/$name.stderr"
   echo "exit $? ($(date -u +%T))" | tee -a "$log"; tail -n 3 "$runs/$name.stderr"
 done
+if [[ -n "${TESTS:-}" ]]; then
+  echo "== GPU tests ($(date -u +%T)): $TESTS" | tee -a "$log"
+  timeout -s INT "${TESTS_SECONDS:-240}" python3 -m pytest -q -m gpu -p no:cacheprovider \
+    $TESTS >"$runs/gpu-tests.log" 2>&1
+  echo "exit $? ($(date -u +%T))" | tee -a "$log"; tail -n 15 "$runs/gpu-tests.log"
+fi
 cp "$log" "$runs/device.log"
 tar -czf "$OUT/deploy.tar.gz" -C /tmp deploy
