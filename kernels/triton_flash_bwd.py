@@ -175,6 +175,37 @@ def _dq_tile(dq, q, do, lse, delta, desc_k, desc_v, dbatch, kv_head, tok, start_
     return tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
 
 
+@triton.jit
+def _delta_kernel(Out, Dout, Delta, rows, num_heads, head_dim, so_b, so_h, so_r, so_d, sd_b,
+                  sd_h, sd_r, sd_d, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    # delta = rowsum(dO ∘ O) in fp32, one pass over both: torch's
+    # (out.float() * dout.float()).sum(-1) wrote and reread three fp32 copies of them.
+    pid_r = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    batch = (pid_bh // num_heads).to(tl.int64)
+    head = (pid_bh % num_heads).to(tl.int64)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_r[:, None] < rows) & (offs_d[None, :] < head_dim)
+    r64, d64 = offs_r.to(tl.int64)[:, None], offs_d.to(tl.int64)[None, :]
+    o = tl.load(Out + batch * so_b + head * so_h + r64 * so_r + d64 * so_d, mask=mask, other=0.0)
+    do = tl.load(Dout + batch * sd_b + head * sd_h + r64 * sd_r + d64 * sd_d, mask=mask,
+                 other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + pid_bh.to(tl.int64) * rows + offs_r, delta, mask=offs_r < rows)
+
+
+def _delta(out: torch.Tensor, dout: torch.Tensor, interpret: bool) -> torch.Tensor:
+    """rowsum(dO ∘ O) of 4-D (B, H, N, D) views, as a contiguous float32 (B, H, N)."""
+    batch, heads, rows, head_dim = out.shape
+    delta = torch.empty((batch, heads, rows), dtype=torch.float32, device=out.device)
+    block_r = 16 if interpret else 64
+    _delta_kernel[(triton.cdiv(rows, block_r), batch * heads)](
+        out, dout, delta, rows, heads, head_dim, *out.stride(), *dout.stride(),
+        BLOCK_R=block_r, BLOCK_D=triton.next_power_of_2(head_dim), num_warps=4)
+    return delta
+
+
 class BackwardConfig(NamedTuple):
     dkdv_block_m: int  # queries streamed per step past a block of keys
     dkdv_block_n: int  # keys a dK/dV program owns
@@ -288,9 +319,8 @@ def attention_backward(
     cfg = config or _config(head_dim, q.dtype, interpret)
     block_d = triton.next_power_of_2(head_dim)
     # delta_i = rowsum(dO_i * O_i) = rowsum(P_i * dP_i): the softmax's backward term, once,
-    # in the LSE's layout.
-    delta = (out.float() * dout.float()).sum(-1)
-    delta = (delta.t() if ragged else delta).contiguous()
+    # in the LSE's layout ((1, H, T) is ragged's (H, T)).
+    delta = _delta(_heads_view(out, ragged), _heads_view(dout, ragged), interpret)
     lse = lse.contiguous()
     dq, dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
     q4, k4, v4, do4 = (_tma_ready(_heads_view(t, ragged)) for t in (q, k, v, dout))

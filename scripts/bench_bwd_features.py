@@ -17,7 +17,7 @@ import torch
 from triton.testing import do_bench
 
 from flashbench.kernels.triton_flash import attention_forward
-from flashbench.kernels.triton_flash_bwd import _config, attention_backward
+from flashbench.kernels.triton_flash_bwd import _config, _delta, attention_backward
 
 
 def tiles(n: int, window: int | None, block_m: int, block_n: int) -> int:
@@ -38,6 +38,22 @@ def predicted_share(n: int, window: int | None, cfg) -> float:
                 * cfg.dkdv_block_n + 3 * tiles(n, w, cfg.dq_block_m, cfg.dq_block_n)
                 * cfg.dq_block_m * cfg.dq_block_n)
     return work(window) / work(None)
+
+
+def kernel_times(call, reps: int = 5) -> tuple[float, float, float]:
+    """Mean device ms per call of the dK/dV, dQ and delta kernels (torch's profiler)."""
+    call()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            call()
+        torch.cuda.synchronize()
+    totals = dict.fromkeys(("_dkdv_kernel", "_dq_kernel", "_delta_kernel"), 0.0)
+    for event in prof.key_averages():
+        for name in totals:
+            if name in event.key:
+                totals[name] += event.device_time_total / 1e3 / reps
+    return tuple(totals.values())
 
 
 def main() -> None:
@@ -62,14 +78,18 @@ def main() -> None:
                   max_seqlen=n)
     packed = (pack(q), pack(k), pack(v), pack(out),
               lse.permute(1, 0, 2).reshape(h, b * n).contiguous(), pack(dout))
+    # The dense batch with the packed batch's memory layout, (B, N, H, D) viewed (B, H, N, D):
+    # what the ragged kernels cost beyond their layout.
+    bnhd = tuple(t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v, out, dout))
     cfg = _config(d, q.dtype, False)
     variants = {
         "causal": ((q, k, v, out, lse, dout), {}, 1.0),
+        "causal, (B, N, H, D) layout": ((*bnhd[:4], lse, bnhd[4]), {}, 1.0),
         f"window {args.window}": ((q, k, v, out, lse, dout), dict(window=args.window),
                                   predicted_share(n, args.window, cfg)),
         f"softcap {args.softcap:g}": ((q, k, v, out, lse, dout), dict(softcap=args.softcap),
                                       None),
-        f"window + softcap": ((q, k, v, out, lse, dout),
+        "window + softcap": ((q, k, v, out, lse, dout),
                               dict(window=args.window, softcap=args.softcap), None),
         "ragged (equal lengths)": (packed, ragged, 1.0),
         f"ragged + window {args.window}": (packed, dict(ragged, window=args.window),
@@ -86,6 +106,14 @@ def main() -> None:
         base = base or ms
         pred = "" if predicted is None else f"{predicted:.3f}"
         print(f"| {name} | {ms:.3f} | {ms / base:.3f} | {pred} |", flush=True)
+    print("| variant | dK/dV ms | dQ ms | delta ms |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, (tensors, extra, _) in variants.items():
+        print(f"| {name} | " + " | ".join(f"{ms:.3f}" for ms in kernel_times(
+            lambda: attention_backward(*tensors, causal=True, scale=scale, **extra))) + " |")
+    torch_ms = do_bench(lambda: (out.float() * dout.float()).sum(-1), warmup=50, rep=300)
+    kernel_ms = do_bench(lambda: _delta(out, dout, False), warmup=50, rep=300)
+    print(f"delta = rowsum(dO∘O): torch {torch_ms:.3f} ms, _delta_kernel {kernel_ms:.3f} ms")
     # The equal-length ragged batch is the dense batch: its gradients must agree.
     dense_grads = attention_backward(q, k, v, out, lse, dout, causal=True, scale=scale)
     ragged_grads = attention_backward(*packed, causal=True, scale=scale, **ragged)

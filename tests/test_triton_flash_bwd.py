@@ -119,3 +119,16 @@ def test_gpu_fp32_ieee_gradients_as_accurate_as_sdpa_math(causal):
         err = ((a.cpu().double() - r).norm() / r.norm()).item()
         math_err = ((b_.cpu().double() - r).norm() / r.norm()).item()
         assert err <= 2 * math_err + 1e-6, f"d{name}: {err:.2e} vs SDPA math {math_err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_delta_is_the_rowsum_of_dout_times_out_at_any_strides(dtype):
+    gen = torch.Generator().manual_seed(3)
+    # out as a fused projection's (B, N, H, D) viewed (B, H, N, D); dout broadcast from one row
+    # (stride 0, what autograd hands over for out.sum()); head dim 96 (masked lanes).
+    out = torch.randn(2, 37, 3, 96, generator=gen).to(DEVICE, dtype).transpose(1, 2)
+    dout = torch.randn(1, 1, 1, 96, generator=gen).to(DEVICE, dtype).expand(2, 3, 37, 96)
+    delta = triton_flash_bwd._delta(out, dout, INTERPRET)
+    want = (out.double() * dout.double()).sum(-1)
+    assert delta.dtype == F32 and delta.shape == (2, 3, 37) and delta.is_contiguous()
+    assert ((delta.double() - want).abs().max() / want.abs().max()).item() < 1e-6
