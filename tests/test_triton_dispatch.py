@@ -52,6 +52,15 @@ def test_supported_cases(changes: dict) -> None:
     assert triton_flash.unsupported_case(case(**changes)) is None
 
 
+@pytest.fixture
+def without_backward_and_decode_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatch as it is for a kernel lacking a feature (the backward and decode kernels
+    before they had theirs): what such a case says, and where it goes."""
+    monkeypatch.setattr(support, "BACKWARD_FEATURES", frozenset())
+    monkeypatch.setattr(support, "DECODE_FEATURES", frozenset())
+
+
+@pytest.mark.usefixtures("without_backward_and_decode_features")
 @pytest.mark.parametrize(("changes", "reason"), [
     ({"mode": Mode.BWD, "window": 8}, "backward of a sliding window: not yet"),
     ({"mode": Mode.FWD_BWD, "softcap": 5.0, "ragged": RAGGED},
@@ -69,9 +78,7 @@ def test_unsupported_cases_say_why(changes: dict, reason: str) -> None:
     assert said is not None and said.startswith(reason) and "\n" not in said
 
 
-def test_flipping_the_feature_sets_lets_the_cases_through(monkeypatch: pytest.MonkeyPatch
-                                                          ) -> None:
-    monkeypatch.setattr(support, "BACKWARD_FEATURES", frozenset({"window", "softcap", "ragged"}))
+def test_the_kernels_features_let_the_cases_through(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(support, "DECODE_FEATURES", frozenset({"paged"}))
     assert triton_flash.unsupported_case(case(mode=Mode.BWD, window=8, softcap=2.0)) is None
     assert triton_flash.unsupported_case(case(mode=Mode.FWD_BWD, ragged=RAGGED)) is None
@@ -86,9 +93,9 @@ def test_flipping_the_feature_sets_lets_the_cases_through(monkeypatch: pytest.Mo
     ({"ragged": RAGGED}, True, "triton-flash-varlen"),
     ({"seq_len": 1, "kv_len": 600}, False, "triton-decode"),
     ({"seq_len": 1, "kv_len": 600}, True, "triton-flash"),
-    # The decode kernel has no window or softcap (yet): the prefill kernel takes them.
-    ({"seq_len": 1, "kv_len": 600, "window": 64}, False, "triton-flash"),
-    ({"seq_len": 2, "kv_len": 600, "softcap": 10.0}, False, "triton-flash"),
+    # The decode kernel has its window and softcap.
+    ({"seq_len": 1, "kv_len": 600, "window": 64}, False, "triton-decode"),
+    ({"seq_len": 2, "kv_len": 600, "softcap": 10.0}, False, "triton-decode"),
     # ... unless the window hides nothing.
     ({"seq_len": 1, "kv_len": 600, "window": 599}, False, "triton-decode"),
     ({"seq_len": 1, "kv_len": 600, "page_size": 64}, False, "triton-decode-paged"),
@@ -142,11 +149,13 @@ def test_decode_shapes_go_to_the_decode_kernel_with_its_keywords(
     assert calls[-1]["fp32_precision"] == "ieee" and "window" not in calls[-1]
 
 
+@pytest.mark.usefixtures("without_backward_and_decode_features")
 def test_a_paged_cache_without_the_decode_kernel_is_refused_when_prepared() -> None:
     with pytest.raises(ValueError, match="paged KV cache is read by the decode kernel only"):
         triton_flash.prepare(inputs_of(case(seq_len=1, kv_len=600, page_size=64)))
 
 
+@pytest.mark.usefixtures("without_backward_and_decode_features")
 def test_autograd_refuses_a_backward_the_kernels_do_not_have() -> None:
     q, k, v = (t.requires_grad_() for t in make_inputs(1, 2, 1, 20, 20, 32, F32))
     out = triton_flash.attention(q, k, v, causal=True, scale=0.2, window=4)
@@ -199,8 +208,8 @@ def test_tuning_keys_name_the_features_and_keep_the_dense_key() -> None:
 @pytest.mark.parametrize(("changes", "status", "kernel"), [
     ({"window": 8, "softcap": 5.0}, "ok", "triton-flash"),
     ({"ragged": RAGGED, "window": 8}, "ok", "triton-flash-varlen"),
-    ({"seq_len": 2, "kv_len": 300, "softcap": 9.0}, "ok", "triton-flash"),
-    ({"mode": Mode.BWD, "window": 8}, "unsupported", None),
+    ({"seq_len": 2, "kv_len": 300, "softcap": 9.0}, "ok", "triton-decode"),
+    ({"mode": Mode.BWD, "window": 8}, "ok", "triton-flash"),
 ])
 def test_a_sweep_runs_the_features_on_our_kernels(changes: dict, status: str, kernel) -> None:
     row = measure_case(case(**changes), torch.device("cpu"), FAST)

@@ -32,7 +32,7 @@ def reference_forward(q, k, v, *, causal, scale, window, softcap):
     q, k, v = (t.detach().double() for t in (q, k, v))
     group = q.shape[1] // k.shape[1]
     s = q @ k.repeat_interleave(group, 1).transpose(-1, -2) * scale
-    apply_softcap(s, softcap)
+    s = apply_softcap(s, softcap)
     keep = keep_mask(q.shape[2], k.shape[2], causal=causal, window=window, device=q.device)
     if keep is not None:
         s = s.masked_fill(~keep, float("-inf"))
