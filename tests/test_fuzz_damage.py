@@ -105,3 +105,15 @@ def test_damaged_runs_are_read_or_refused_and_resumed_once(pristine, tmp_path, d
         meta = json.loads((run / "meta.json").read_text())
         assert len(keys) == len(set(keys)) == meta["n_cases"], (len(keys), len(set(keys)))
         assert meta["status"] == "completed"
+
+
+def test_a_completed_run_whose_meta_lost_its_count_gets_it_back_on_resume(pristine, tmp_path):
+    # Found by the test above in CI: meta.json with its "n_cases" line dropped still parses.
+    run = tmp_path / "run"
+    shutil.copytree(pristine, run)
+    meta = json.loads((run / "meta.json").read_text())
+    n = meta.pop("n_cases")
+    (run / "meta.json").write_text(json.dumps(meta))
+    resumed = runner.invoke(app, ["run", "--resume", str(run), "--no-progress", "--no-isolate"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((run / "meta.json").read_text())["n_cases"] == n

@@ -167,8 +167,10 @@ def resume_sweep(ref: str | Path, out_root: Path, options: SweepOptions = SweepO
         _refuse_foreign(rows, cases, run.results_path)
         todo = [c for c in cases if case_key(c.to_dict()) not in done]
         if not todo:
-            if meta.get("status") != RunStatus.COMPLETED:
-                meta.update(status=RunStatus.COMPLETED, finished_at=_now())
+            # A meta.json that lost its count (damage) gets it back from the config.
+            if meta.get("status") != RunStatus.COMPLETED or meta.get("n_cases") != len(cases):
+                meta.update(status=RunStatus.COMPLETED, n_cases=len(cases),
+                            finished_at=meta.get("finished_at") or _now())
                 run.write_meta(meta)
             return SweepResult(path, rows, meta, 0)
         try:
