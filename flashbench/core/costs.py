@@ -7,13 +7,19 @@ Conventions (the ones FlashAttention papers and tritonbench use):
   counted. ``pairs`` is the exact number of unmasked score entries per head: N·Nk without a
   mask; with the causal diagonal aligned to the end (query i sees key j iff j <= i + Nk - N) it
   is N·(N+1)/2 for N == Nk. GQA counts query heads: sharing K/V saves bytes, not FLOPs.
+* A sliding window keeps the pairs with j >= i' - window as well (i' = i + Nk - N), counted
+  exactly; a ragged batch counts each sequence's own pairs (its real tokens, never the padding
+  a backend may add); a softcap's tanh is not a matrix product and adds no FLOPs.
 * Backward is 2.5x the forward (five products: S recomputed, dV, dP, dQ, dK); forward plus
   backward is 3.5x.
 * ``hbm_bytes`` is the least device-memory traffic the backend's *algorithm* needs, each tensor
   it reads or writes counted once, in the dtype it uses:
 
   - ``flash`` (our Triton kernel, SDPA flash / efficient / cuDNN): read Q, K, V; write O and the
-    fp32 log-sum-exp. S and P never leave the chip, so traffic grows with N, not N².
+    fp32 log-sum-exp. S and P never leave the chip, so traffic grows with N, not N². Of a
+    ragged batch the real tokens; with a window the keys it needs (a decode step reads its
+    last seq_len + window keys); of a paged cache the whole pages those keys lie in, and the
+    block table.
   - ``naive`` (kernels/naive.py, exactly as written there): Q·scale read and written once;
     S = (Q·scale)·Kᵀ written in the input dtype; for causal, a masked_fill pass reads and
     writes S and reads the boolean mask; for 16-bit inputs S is upcast (read 16-bit, write
