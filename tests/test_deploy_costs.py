@@ -88,13 +88,17 @@ def test_ragged_lengths_are_seeded_stable_and_bounded():
     assert all(100 <= n <= 200 for n in ragged.lengths(uni, 200))
     assert ragged.canonical([3, 1, 2]) == "lens(3,1,2)"
     assert ragged.lengths("lens(3,1,2)", 99) == (3, 1, 2)
+    # A run's meta.json keeps the spelling; a resume validates it again to the same text.
+    assert ragged.canonical(spec) == spec and ragged.canonical("lens(3,1,2)") == "lens(3,1,2)"
+    assert ragged.canonical(uni) == uni
 
 
 @pytest.mark.parametrize("spec, words", [
     ([], "empty"), ([0, 5], "from 1"), ({"dist": "zipf"}, "dist must be"),
     ({"dist": "lognormal", "mean": 10, "max": 5}, "above max"),
     ({"dist": "lognormal", "mean": 10, "max": 50, "sigma": 2}, "unknown key"),
-    ({"dist": "uniform", "mean": True, "max": 5}, "integer"), ("512", "expected a list"),
+    ({"dist": "uniform", "mean": True, "max": 5}, "integer"), ("512", "not a ragged batch"),
+    ("lognormal(garbage", "not a ragged batch"),
 ])
 def test_bad_ragged_specs_are_refused(spec, words):
     with pytest.raises(ragged.RaggedError, match=words):

@@ -33,7 +33,11 @@ class RaggedError(ValueError):
 
 def canonical(spec: Any) -> str:
     """The case field's text for a config's ``seq_lens`` entry: a list of lengths or a mapping
-    ``{dist, mean, max, seed}`` (uniform may give ``min`` instead of ``mean``)."""
+    ``{dist, mean, max, seed}`` (uniform may give ``min`` instead of ``mean``), or that text
+    itself (a run's meta.json keeps the config validated, so a resume reads the text back)."""
+    if isinstance(spec, str):
+        kind, params = _parse(spec)
+        return canonical(params if kind == "lens" else {"dist": kind, **params})
     if isinstance(spec, list):
         if not spec:
             raise RaggedError("an empty list of sequence lengths")
