@@ -43,9 +43,10 @@ _load_tile, _attend_rows = load_tile, attend_rows
 def _attn_fwd_kernel(
     desc_q, desc_k, desc_v, desc_o, Lse,
     num_heads, group, seq_len, kv_len, qk_scale, window, cap_in, cap_out,
+    q_shape, kv_shape, q_strides, k_strides, v_strides, o_strides,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+    WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, WARP_SPECIALIZE: tl.constexpr = False,
 ):
     # Under a causal mask the last query blocks see the most keys; launching them first shortens
     # the tail of the grid.
@@ -54,6 +55,12 @@ def _attn_fwd_kernel(
     batch = pid_bh // num_heads
     head = pid_bh % num_heads
     kv_head = head // group  # GQA: the query heads of a group share one K/V head, no copies
+    if WARP_SPECIALIZE:
+        # Triton specializes warps only around descriptors made in the kernel: the desc_*
+        # arguments are then the tensors, with their (B, H, N, D) shapes and strides.
+        desc_q = tl.make_tensor_descriptor(desc_q, q_shape, q_strides, [1, 1, BLOCK_M, BLOCK_D])
+        desc_k = tl.make_tensor_descriptor(desc_k, kv_shape, k_strides, [1, 1, BLOCK_N, BLOCK_D])
+        desc_v = tl.make_tensor_descriptor(desc_v, kv_shape, v_strides, [1, 1, BLOCK_N, BLOCK_D])
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -64,10 +71,19 @@ def _attn_fwd_kernel(
                            kv_len, kv_len - seq_len, qk_scale, CAUSAL, INTERPRET, BLOCK_M,
                            BLOCK_N, BLOCK_D, DOT_PRECISION, unmasked_lo=unmasked_lo,
                            window=window, cap_in=cap_in, cap_out=cap_out, WINDOW=WINDOW,
-                           SOFTCAP=SOFTCAP)
-    # The descriptor clips the store to this head's rows and the real head dim.
-    desc_o.store([batch, head, start_m, 0],
-                 out.to(desc_o.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
+                           SOFTCAP=SOFTCAP, WARP_SPECIALIZE=WARP_SPECIALIZE)
+    if WARP_SPECIALIZE:
+        # A masked pointer store: the specialization pass cannot split the reshape a 4-D
+        # descriptor store needs between its two consumer warpgroups.
+        offs_d = tl.arange(0, BLOCK_D)
+        ptrs = (desc_o + batch.to(tl.int64) * o_strides[0] + head.to(tl.int64) * o_strides[1]
+                + offs_m.to(tl.int64)[:, None] * o_strides[2] + offs_d[None, :])
+        tl.store(ptrs, out.to(desc_o.dtype.element_ty),
+                 mask=(offs_m < seq_len)[:, None] & (offs_d < q_shape[3])[None, :])
+    else:
+        # The descriptor clips the store to this head's rows and the real head dim.
+        desc_o.store([batch, head, start_m, 0],
+                     out.to(desc_o.dtype).reshape(1, 1, BLOCK_M, BLOCK_D))
     tl.store(Lse + pid_bh.to(tl.int64) * seq_len + offs_m, lse, mask=offs_m < seq_len)
 
 
@@ -137,12 +153,27 @@ def tuned_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: b
     mask = Mask(effective_window(window, kv_len, causal), softcap, cu_seqlens, max_seqlen)
     key = tuning_key(torch.cuda.get_device_name(q.device), head_dim, q.dtype, causal, seq_len,
                      kv_len, fp32_precision, window=mask.window, softcap=softcap, varlen=varlen)
-    return tuning.tune(
-        key, candidate_configs(head_dim, q.dtype, fp32_precision),
-        make=lambda cfg: lambda: attention_forward(q, k, v, causal=causal, scale=scale,
-                                                   config=cfg, fp32_precision=fp32_precision,
-                                                   **mask.keywords()),
-        encode=lambda cfg: cfg._asdict(), decode=lambda d: LaunchConfig(**d))
+    candidates = [cfg for cfg in candidate_configs(head_dim, q.dtype, fp32_precision)
+                  if not (varlen and cfg.warp_specialize)]  # the dense kernel's option only
+
+    def call(cfg: LaunchConfig) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        return lambda: attention_forward(q, k, v, causal=causal, scale=scale, config=cfg,
+                                         fp32_precision=fp32_precision, **mask.keywords())
+
+    expected = call(candidates[0])()[0]
+
+    def checked(cfg: LaunchConfig) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        # A candidate is timed only once its output agrees with the first candidate's: a fast
+        # configuration that computes garbage (one warp-specialized probe returned NaN) must
+        # not win. tuning.tune skips a candidate that raises.
+        run = call(cfg)
+        got = run()[0]
+        if not torch.allclose(got.float(), expected.float(), atol=2e-2, rtol=2e-2):
+            raise ArithmeticError(f"{cfg} disagrees with {candidates[0]}")
+        return run
+
+    return tuning.tune(key, candidates, make=checked, encode=lambda cfg: cfg._asdict(),
+                       decode=lambda d: LaunchConfig(**d))
 
 
 def _tma_ready(t: torch.Tensor) -> torch.Tensor:
@@ -193,6 +224,8 @@ def attention_forward(
         SOFTCAP=softcap is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if packed:
         return _varlen_forward(q, k, v, cu_seqlens, max_seqlen, launch)
+    if cfg.warp_specialize:  # the dense kernel's option only (tuned_config)
+        launch["WARP_SPECIALIZE"] = True
     return _dense_forward(q, k, v, launch)
 
 
@@ -204,14 +237,33 @@ def _dense_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, launch: di
     q, k, v = _tma_ready(q), _tma_ready(k), _tma_ready(v)
     out = torch.empty((batch, heads, seq_len, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, seq_len), dtype=torch.float32, device=q.device)
+    grid = (triton.cdiv(seq_len, block_m), batch * heads)
+    if launch.get("WARP_SPECIALIZE"):
+        _use_torch_allocator()
+        _attn_fwd_kernel[grid](q, k, v, out, lse, heads, heads // kv_heads, seq_len, kv_len,
+                               q_shape=tuple(q.shape), kv_shape=tuple(k.shape), q_strides=q.stride(),
+                               k_strides=k.stride(), v_strides=v.stride(),
+                               o_strides=out.stride(), **launch)
+        return out, lse
     desc_q = TensorDescriptor.from_tensor(q, [1, 1, block_m, block_d])
     desc_o = TensorDescriptor.from_tensor(out, [1, 1, block_m, block_d])
     desc_k = TensorDescriptor.from_tensor(k, [1, 1, block_n, block_d])
     desc_v = TensorDescriptor.from_tensor(v, [1, 1, block_n, block_d])
-    grid = (triton.cdiv(seq_len, block_m), batch * heads)
     _attn_fwd_kernel[grid](desc_q, desc_k, desc_v, desc_o, lse, heads, heads // kv_heads,
-                           seq_len, kv_len, **launch)
+                           seq_len, kv_len, q_shape=None, kv_shape=None, q_strides=None,
+                           k_strides=None, v_strides=None, o_strides=None, **launch)
     return out, lse
+
+
+def _use_torch_allocator() -> None:
+    """Descriptors made inside a kernel live in global scratch that Triton asks its allocator
+    for; the default one refuses. Torch's caching allocator serves it, so the scratch costs
+    what any other temporary does."""
+    if not getattr(_use_torch_allocator, "done", False):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(
+            size, dtype=torch.int8, device=device))
+        _use_torch_allocator.done = True
 
 
 def _varlen_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,

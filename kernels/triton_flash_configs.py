@@ -29,6 +29,12 @@ class LaunchConfig(NamedTuple):
     block_n: int
     num_warps: int
     num_stages: int
+    # Triton's automatic warp specialization of the main K/V loop (a producer warp issuing the
+    # copies, consumer warpgroups computing). On Hopper it takes only with tensor descriptors
+    # made inside the kernel and at 4 warps (../shared/targets.md's probe: +12-19% on a plain
+    # kernel, a no-op at 8 warps, one configuration NaN), so those candidates are checked
+    # against the first candidate's output before they are timed (triton_flash.tuned_config).
+    warp_specialize: bool = False
 
 
 def default_config(head_dim: int, dtype: torch.dtype, interpret: bool,
@@ -63,12 +69,18 @@ def candidate_configs(head_dim: int, dtype: torch.dtype,
             return [LaunchConfig(64, 32, 4, 2), LaunchConfig(64, 64, 4, 2),
                     LaunchConfig(128, 32, 8, 2)]
         return [LaunchConfig(64, 16, 8, 2), LaunchConfig(64, 32, 8, 2)]
+    # Warp-specialized: 4 warps per consumer warpgroup; triton makes 12 (a producer warpgroup
+    # issuing the copies and two consumers of 64 rows each, SETMAXREG in the SASS). Stages as
+    # shared memory allows: at D=128, 128-key tiles take 176 KB at two stages (three
+    # overflow), 64-key tiles 144 KB at three.
     if head_dim <= 64:
         return [LaunchConfig(128, 64, 8, 3), LaunchConfig(128, 64, 4, 3),
-                LaunchConfig(128, 128, 4, 3), LaunchConfig(64, 64, 4, 4)]
+                LaunchConfig(128, 128, 4, 3), LaunchConfig(64, 64, 4, 4),
+                LaunchConfig(128, 128, 4, 3, True), LaunchConfig(128, 64, 4, 4, True)]
     if head_dim <= 128:
         return [LaunchConfig(128, 128, 8, 3), LaunchConfig(128, 64, 8, 3),
-                LaunchConfig(64, 64, 4, 3), LaunchConfig(128, 64, 8, 4)]
+                LaunchConfig(64, 64, 4, 3), LaunchConfig(128, 64, 8, 4),
+                LaunchConfig(128, 128, 4, 2, True), LaunchConfig(128, 64, 4, 3, True)]
     # D = 256: eight warps, not four: a 64x256 fp32 accumulator over four warps spills.
     return [LaunchConfig(64, 32, 8, 2), LaunchConfig(64, 64, 8, 2), LaunchConfig(128, 32, 8, 2)]
 

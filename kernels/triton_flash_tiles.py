@@ -135,6 +135,7 @@ def _attend_tiles(
     kv_start, window, cap_in, cap_out, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, INTERPRET: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr = False,
 ):
     offs_n = tl.arange(0, BLOCK_N)
     # The interpreter's scalars are 1-element numpy arrays, which range() rejects under
@@ -148,6 +149,12 @@ def _attend_tiles(
                 kv_len, diag, qk_scale, kv_start, window, cap_in, cap_out, MASKED, CAUSAL,
                 WINDOW, SOFTCAP, INTERPRET, BLOCK_N, BLOCK_D, DOT_PRECISION)
             start_n += BLOCK_N
+    elif WARP_SPECIALIZE:
+        for start_n in tl.range(lo, hi, BLOCK_N, warp_specialize=True):
+            acc, l_i, m_i = _attend_tile(
+                acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, start_n, offs_m, offs_n,
+                kv_len, diag, qk_scale, kv_start, window, cap_in, cap_out, MASKED, CAUSAL,
+                WINDOW, SOFTCAP, INTERPRET, BLOCK_N, BLOCK_D, DOT_PRECISION)
     else:
         for start_n in range(lo, hi, BLOCK_N):
             acc, l_i, m_i = _attend_tile(
@@ -163,37 +170,47 @@ def attend_rows(
     CAUSAL: tl.constexpr, INTERPRET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, unmasked_lo=0, kv_start=0, window=0,
     cap_in=0.0, cap_out=0.0, WINDOW: tl.constexpr = False, SOFTCAP: tl.constexpr = False,
+    WARP_SPECIALIZE: tl.constexpr = False,
 ):
     """One query tile against keys [lo, hi) (``kv_bounds``): with WINDOW the masked band
     [lo, unmasked_lo) across the window's left edge first, then the tiles every row sees in
     full up to ``unmasked_hi``, then the masked band. K/V rows are read from ``kv_start`` on
     (a sequence's offset in a packed batch; masks count from it). Returns the normalised
     output, the natural-log log-sum-exp, and which rows saw no key (output 0, LSE -inf: they
-    weigh nothing in a combine). The keyword arguments default to the dense kernel's."""
+    weigh nothing in a combine). The keyword arguments default to the dense kernel's.
+    ``WARP_SPECIALIZE`` runs [lo, hi) as one loop that Triton warp-specializes."""
     # A finite floor instead of -inf: a row that has seen no key yet then gets
     # exp2(-inf - floor) = 0 rather than NaN, and ends with l_i == 0, which is guarded below.
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if WINDOW:
+    if WARP_SPECIALIZE:
+        # One loop, every tile masked: triton 3.6's Hopper warp specialization fails to
+        # compile a kernel with a second loop after the specialized one (and with the masked
+        # bands split off), so the masks' compares run on every tile instead.
+        acc, l_i, m_i = _attend_tiles(
+            acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, lo, hi, offs_m, kv_len, diag,
+            qk_scale, kv_start, window, cap_in, cap_out, MASKED=True, CAUSAL=CAUSAL,
+            WINDOW=WINDOW, SOFTCAP=SOFTCAP, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N,
+            BLOCK_D=BLOCK_D, DOT_PRECISION=DOT_PRECISION, WARP_SPECIALIZE=True)
+    elif WINDOW:
         acc, l_i, m_i = _attend_tiles(
             acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, lo, unmasked_lo, offs_m, kv_len,
             diag, qk_scale, kv_start, window, cap_in, cap_out, MASKED=True, CAUSAL=CAUSAL,
             WINDOW=WINDOW, SOFTCAP=SOFTCAP, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N,
             BLOCK_D=BLOCK_D, DOT_PRECISION=DOT_PRECISION)
-        first_unmasked = unmasked_lo
-    else:
-        first_unmasked = lo
-    acc, l_i, m_i = _attend_tiles(
-        acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, first_unmasked, unmasked_hi, offs_m,
-        kv_len, diag, qk_scale, kv_start, window, cap_in, cap_out, MASKED=False, CAUSAL=CAUSAL,
-        WINDOW=WINDOW, SOFTCAP=SOFTCAP, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
-        DOT_PRECISION=DOT_PRECISION)
-    acc, l_i, m_i = _attend_tiles(
-        acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, unmasked_hi, hi, offs_m, kv_len, diag,
-        qk_scale, kv_start, window, cap_in, cap_out, MASKED=True, CAUSAL=CAUSAL, WINDOW=WINDOW,
-        SOFTCAP=SOFTCAP, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
-        DOT_PRECISION=DOT_PRECISION)
+    if not WARP_SPECIALIZE:
+        first_unmasked = unmasked_lo if WINDOW else lo
+        acc, l_i, m_i = _attend_tiles(
+            acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, first_unmasked, unmasked_hi,
+            offs_m, kv_len, diag, qk_scale, kv_start, window, cap_in, cap_out, MASKED=False,
+            CAUSAL=CAUSAL, WINDOW=WINDOW, SOFTCAP=SOFTCAP, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N,
+            BLOCK_D=BLOCK_D, DOT_PRECISION=DOT_PRECISION)
+        acc, l_i, m_i = _attend_tiles(
+            acc, l_i, m_i, q, desc_k, desc_v, batch, kv_head, unmasked_hi, hi, offs_m, kv_len,
+            diag, qk_scale, kv_start, window, cap_in, cap_out, MASKED=True, CAUSAL=CAUSAL,
+            WINDOW=WINDOW, SOFTCAP=SOFTCAP, INTERPRET=INTERPRET, BLOCK_N=BLOCK_N,
+            BLOCK_D=BLOCK_D, DOT_PRECISION=DOT_PRECISION)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc * (1.0 / l_safe)[:, None]

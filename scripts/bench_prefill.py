@@ -2,7 +2,8 @@
 the current kernel, the previous kernel version and SDPA's cuDNN and flash backends, timed in one
 process with flashbench's own timing loop (cold L2, CUDA events, median).
 
-    python scripts/bench_prefill.py [--seq-len 4096,8192] [--head-dim 128] [--out results.json]
+    python scripts/bench_prefill.py [--seq-len 4096,8192] [--head-dim 128] [--batch 1 --heads 64
+                                    --kv-heads 8] [--variants ''] [--out results.json]
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--head-dim", default="64,128")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=None, help="GQA (default: --heads)")
     parser.add_argument("--dtype", default="bf16")
     parser.add_argument("--variants", default="v1_pointer")
     parser.add_argument("--out", default=None)
@@ -55,11 +57,12 @@ def main() -> None:
     for head_dim in map(int, args.head_dim.split(",")):
         for causal in (False, True):
             for n in map(int, args.seq_len.split(",")):
-                b, h = args.batch, args.heads
-                q, k, v = (torch.randn(b, h, n, head_dim, device="cuda", dtype=dtype)
-                           for _ in range(3))
+                b, h, hkv = args.batch, args.heads, args.kv_heads or args.heads
+                q = torch.randn(b, h, n, head_dim, device="cuda", dtype=dtype)
+                k, v = (torch.randn(b, hkv, n, head_dim, device="cuda", dtype=dtype)
+                        for _ in range(2))
                 scale = 1 / math.sqrt(head_dim)
-                case = Case("x", Mode.FWD, b, h, h, n, n, head_dim, args.dtype, causal)
+                case = Case("x", Mode.FWD, b, h, hkv, n, n, head_dim, args.dtype, causal)
                 work = flops(case)
                 row = {"seq_len": n, "head_dim": head_dim, "causal": causal}
                 ref = None
@@ -68,17 +71,23 @@ def main() -> None:
                     def run(backend=backend):
                         with sdpa_kernel([backend]):
                             return F.scaled_dot_product_attention(q, k, v, is_causal=causal,
-                                                                  scale=scale)
+                                                                  scale=scale,
+                                                                  enable_gqa=hkv != h)
                     ref = run() if ref is None else ref
                     row[name] = work / median_ms(run) / 1e12
                 for name, module in variants.items():
                     fn = lambda: module.attention_forward(q, k, v, causal=causal, scale=scale)  # noqa: E731
                     row[name] = work / median_ms(fn) / 1e12
                 for cfg in current.candidate_configs(head_dim, dtype):
-                    label = f"{cfg.block_m}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}"
+                    label = (f"{cfg.block_m}x{cfg.block_n}w{cfg.num_warps}s{cfg.num_stages}"
+                             + ("ws" if cfg.warp_specialize else ""))
                     fn = lambda cfg=cfg: current.attention_forward(q, k, v, causal=causal,  # noqa: E731
                                                                    scale=scale, config=cfg)
-                    out = fn()[0]
+                    try:
+                        out = fn()[0]
+                    except Exception as e:  # noqa: BLE001 - a candidate that fails is a finding
+                        row[label], row[f"{label}:err"] = float("nan"), repr(e)[:120]
+                        continue
                     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
                     row[label] = work / median_ms(fn) / 1e12 if err < 2e-2 else float("nan")
                     row[f"{label}:err"] = err

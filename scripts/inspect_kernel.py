@@ -47,7 +47,22 @@ def compile_config(cfg: tf.LaunchConfig, head_dim: int, dtype: str, causal: bool
     precision = fp32_precision if dtype == "fp32" else "tf32"  # as tf.dot_precision picks it
     constexprs = {"BLOCK_D": block_d, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                   "CAUSAL": causal, "INTERPRET": False, "DOT_PRECISION": precision,
-                  "WINDOW": window, "SOFTCAP": softcap}
+                  "WINDOW": window, "SOFTCAP": softcap, "WARP_SPECIALIZE": cfg.warp_specialize}
+    signature["WARP_SPECIALIZE"] = "constexpr"
+    shapes = ("q_shape", "kv_shape", "q_strides", "k_strides", "v_strides", "o_strides")
+    if cfg.warp_specialize:
+        # Descriptors made in the kernel: pointers, and (B, H, N, D) shapes and strides, the
+        # last stride 1 as torch's contiguous tensors have it.
+        signature |= {name: f"*{t}" for name in ("desc_q", "desc_k", "desc_v", "desc_o")}
+        signature |= {name: ("i32",) * 4 for name in shapes[:2]}
+        signature |= {name: ("i32", "i32", "i32", "constexpr") for name in shapes[2:]}
+    else:
+        signature |= {name: "constexpr" for name in shapes}
+        constexprs |= dict.fromkeys(shapes)
+    # In the kernel's argument order, which the compiler reads positionally.
+    signature = {name: signature[name] for name in tf._attn_fwd_kernel.arg_names}
+    if cfg.warp_specialize:
+        constexprs |= {(list(signature).index(name), 3): 1 for name in shapes[2:]}
     src = ASTSource(fn=tf._attn_fwd_kernel, signature=signature, constexprs=constexprs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})

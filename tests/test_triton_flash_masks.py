@@ -67,6 +67,26 @@ def test_window_matches_reference(n: int, nk: int, window: int, hkv: int,
     check_dense(*make_inputs(2, 4, hkv, n, nk, 32, dtype, seed=window), window=window)
 
 
+@pytest.mark.parametrize(("causal", "window", "softcap", "n", "nk"), [
+    pytest.param(False, None, None, 45, 61, id="full"),
+    pytest.param(True, None, None, 70, 70, id="causal"),
+    pytest.param(True, None, None, 20, 90, id="causal-kv-longer"),
+    pytest.param(True, 9, 3.0, 70, 83, id="window-softcap"),
+])
+def test_warp_specialized_path_matches_reference(monkeypatch: pytest.MonkeyPatch, causal: bool,
+                                                 window: int | None, softcap: float | None,
+                                                 n: int, nk: int) -> None:
+    # Its own code: descriptors made in the kernel, one loop with every tile masked, a masked
+    # pointer store of the output (lengths that are not whole tiles test all three).
+    config = triton_flash.LaunchConfig(BLOCK_M, BLOCK_N, 1, 1, warp_specialize=True)
+    monkeypatch.setattr(triton_flash, "_launch_config", lambda *_: config)
+    spy = LaunchSpy(triton_flash._attn_fwd_kernel)
+    monkeypatch.setattr(triton_flash, "_attn_fwd_kernel", spy)
+    check_dense(*make_inputs(2, 4, 2, n, nk, 32, F32, seed=n), causal=causal, window=window,
+                softcap=softcap)
+    assert [launch["WARP_SPECIALIZE"] for launch in spy.launches] == [True]
+
+
 @pytest.mark.parametrize("window", [63, 64, 10_000])
 def test_a_window_that_hides_nothing_is_causal(monkeypatch: pytest.MonkeyPatch,
                                                window: int) -> None:
