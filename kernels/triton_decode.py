@@ -8,14 +8,17 @@ from typing import NamedTuple
 
 import torch
 import triton
+from triton.testing import do_bench_cudagraph
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from flashbench.kernels import triton_flash
+from flashbench.kernels.triton_decode_configs import DecodeConfig, candidate_configs, tuning_key
 from flashbench.kernels.triton_decode_split import _combine_kernel, _split_kv_kernel
 from flashbench.kernels.triton_flash import _tma_ready
 
-__all__ = ["FEATURES", "MAX_STACKED_ROWS", "MIN_DECODE_KV_LEN", "MIN_SPLIT_KEYS",
-           "choose_num_splits", "decode_forward", "is_decode_shape", "unsupported_reason"]
+__all__ = ["FEATURES", "MAX_STACKED_ROWS", "MIN_DECODE_KV_LEN", "MIN_SPLIT_KEYS", "DecodeConfig",
+           "choose_num_splits", "decode_candidates", "decode_forward", "default_config",
+           "is_decode_shape", "tuned_config", "unsupported_reason"]
 
 # What decode_forward implements beyond dense attention (flashbench.core.cases.FEATURES): the
 # dispatcher sends a case that needs one of these here, or nowhere among our kernels.
@@ -33,6 +36,16 @@ MIN_SPLIT_KEYS = 512
 # of shared memory, two per SM, so this is two waves, which evens out each head's shorter last
 # split.
 _PROGRAMS_PER_SM = 4
+# The fused combine reads a group's partials in tiles of at most this many fp32 values (32 KB):
+# 64 registers a thread at four warps, which the attention loop no longer holds by then.
+_TAIL_TILE = 8192
+# One int32 arrival counter per (sequence, KV head) group for the fused combine, zero between
+# launches (the last split of a group resets its own), so that a buffer is allocated once and
+# reused without a memset. Keyed by (device, stream id): two decode calls running concurrently
+# must not share counters (each would count the other's splits); calls queued on one stream run
+# one after the other. Not covered: CUDA graphs captured on one stream (they then hold one
+# buffer) and replayed concurrently on different streams.
+_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
 _DEFAULT_SM_COUNT = 132  # an H100 SXM, when there is no CUDA device to ask
 _LOG2E = 1.4426950408889634
 # The smallest power-of-two page read as one key tile of its own (a descriptor load), when it
@@ -64,7 +77,20 @@ def _launch_config(head_dim: int, dtype: torch.dtype, block_m: int,
     return block_n, num_warps, 4
 
 
-def choose_num_splits(batch: int, kv_heads: int, kv_len: int, sm_count: int) -> int:
+def default_config(head_dim: int, dtype: torch.dtype, block_m: int, paged: bool,
+                   interpret: bool) -> DecodeConfig:
+    """The configuration used without tuning: the formula's split count, _launch_config's tile
+    and stages (doubled for a paged cache)."""
+    block_n, _, num_stages = _launch_config(head_dim, dtype, block_m, interpret)
+    if paged:
+        # A tile's loads wait on its block-table entry, and the pipeliner splits the stages
+        # between the two: twice the dense kernel's distance keeps its K/V buffers.
+        num_stages = 2 * num_stages - 1
+    return DecodeConfig(1.0, block_n, num_stages)
+
+
+def choose_num_splits(batch: int, kv_heads: int, kv_len: int, sm_count: int,
+                      scale: float = 1.0) -> int:
     """How many contiguous chunks to cut each head's KV cache into.
 
     Decode reads every K/V byte once, and bandwidth needs every SM busy: batch * kv_heads
@@ -72,10 +98,12 @@ def choose_num_splits(batch: int, kv_heads: int, kv_len: int, sm_count: int) -> 
     8 KV heads). Splitting the keys multiplies the programs, aiming at four per SM (two waves
     of the two that fit), but a split keeps at least MIN_SPLIT_KEYS keys, so that its load
     pipeline runs at steady state and the combine pass stays small. Large batches and short
-    caches get 1 split, which skips the combine pass.
+    caches get 1 split, which skips the combine pass. ``scale`` (a tuning candidate's) multiplies
+    that count, rounded up, within the same bounds.
     """
     wanted = math.ceil(_PROGRAMS_PER_SM * sm_count / max(batch * kv_heads, 1))
-    return max(1, min(wanted, kv_len // MIN_SPLIT_KEYS))
+    most = max(1, kv_len // MIN_SPLIT_KEYS)
+    return min(math.ceil(min(wanted, most) * scale), most)
 
 
 def is_decode_shape(seq_len: int, kv_len: int, heads: int, kv_heads: int) -> bool:
@@ -191,18 +219,22 @@ def _page_tiles(page_size: int, block_n: int) -> tuple[int, bool]:
     return block_n, True
 
 
+def _block_m(q: torch.Tensor, kv_heads: int) -> int:
+    """The Q tile's rows: the GQA group's stacked query rows, at least 16 (tl.dot's M)."""
+    return max(16, triton.next_power_of_2(q.shape[1] // kv_heads * q.shape[2]))
+
+
 def _plan(q: torch.Tensor, kv_heads: int, capacity: int, page_size: int | None,
-          window: int | None, num_splits: int | None, interpret: bool) -> _Plan:
+          window: int | None, num_splits: int | None, config: DecodeConfig | None,
+          interpret: bool) -> _Plan:
     batch, heads, seq_len, head_dim = q.shape
-    rows = heads // kv_heads * seq_len
-    block_m = max(16, triton.next_power_of_2(rows))  # tl.dot needs M >= 16
-    block_n, num_warps, num_stages = _launch_config(head_dim, q.dtype, block_m, interpret)
-    gather = False
+    block_m = _block_m(q, kv_heads)
+    _, num_warps, _ = _launch_config(head_dim, q.dtype, block_m, interpret)
+    if config is None:
+        config = default_config(head_dim, q.dtype, block_m, page_size is not None, interpret)
+    block_n, gather = config.block_n, False
     if page_size is not None:
         block_n, gather = _page_tiles(page_size, block_n)
-        # A tile's loads wait on its block-table entry, and the pipeliner splits the stages
-        # between the two: twice the dense kernel's distance keeps its K/V buffers.
-        num_stages = 2 * num_stages - 1
     if window is not None and window >= capacity:
         window = None  # every key of the cache is inside it: plain causal
     # The keys the splits cover: the whole cache, or the window's (from its first key rounded
@@ -211,19 +243,76 @@ def _plan(q: torch.Tensor, kv_heads: int, capacity: int, page_size: int | None,
     span = capacity if window is None else min(capacity, seq_len + window + block_n - 1)
     if num_splits is None:
         read = capacity if window is None else min(capacity, seq_len + window)
-        num_splits = choose_num_splits(batch, kv_heads, read, _sm_count(q.device))
+        num_splits = choose_num_splits(batch, kv_heads, read, _sm_count(q.device),
+                                       config.split_scale)
     if num_splits < 1:
         raise ValueError(f"num_splits must be at least 1, got {num_splits}")
     split_len = triton.cdiv(triton.cdiv(span, num_splits), block_n) * block_n
-    return _Plan(block_m, block_n, triton.next_power_of_2(head_dim), num_warps, num_stages,
-                 page_size, gather, window, triton.cdiv(span, split_len), split_len)
+    return _Plan(block_m, block_n, triton.next_power_of_2(head_dim), num_warps,
+                 config.num_stages, page_size, gather, window, triton.cdiv(span, split_len),
+                 split_len)
+
+
+def decode_candidates(q: torch.Tensor, kv_heads: int, capacity: int, page_size: int | None,
+                      window: int | None) -> list[DecodeConfig]:
+    """The GPU configurations the tuner times for this shape (candidate_configs), less those
+    that would launch what an earlier one launches: at a short cache the bounded split counts
+    coincide, and a page may shrink a tile to itself."""
+    block_m = _block_m(q, kv_heads)
+    default = default_config(q.shape[3], q.dtype, block_m, page_size is not None, False)
+    plans: set[_Plan] = set()
+    kept = []
+    for config in candidate_configs(default, q.shape[3], q.dtype, block_m):
+        plan = _plan(q, kv_heads, capacity, page_size, window, None, config, False)
+        if plan not in plans:
+            plans.add(plan)
+            kept.append(config)
+    return kept
+
+
+def tuned_config(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                 scale: float, fp32_precision: str = "tf32", window: int | None = None,
+                 softcap: float | None = None, block_table: torch.Tensor | None = None,
+                 cache_seqlens: torch.Tensor | None = None) -> tuple[DecodeConfig | None, float]:
+    """The fastest of ``decode_candidates`` for this shape class on this GPU (decode_forward's
+    arguments), and the seconds spent tuning; (None, 0.0), the formula's choices, under the
+    interpreter or off CUDA. Tuned once per ``tuning_key`` and cached on disk
+    (flashbench.measure.tuning), every candidate timed with the combine fused."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or not q.is_cuda:
+        return None, 0.0
+    from flashbench.measure import tuning
+
+    kv_heads, capacity, page_size = _check_tensors(q, k, v, block_table, cache_seqlens)
+    batch, heads, seq_len, head_dim = q.shape
+    plan = _plan(q, kv_heads, capacity, page_size, window, None, None, False)
+    key = tuning_key(
+        torch.cuda.get_device_name(q.device), head_dim, q.dtype, fp32_precision,
+        rows=heads // kv_heads * seq_len, programs=batch * kv_heads,
+        kv_len=capacity if plan.window is None else min(capacity, seq_len + plan.window),
+        window=plan.window, softcap=softcap, seqlens=cache_seqlens is not None,
+        page_size=page_size, gather=plan.gather)
+    kwargs = dict(causal=causal, scale=scale, fp32_precision=fp32_precision, window=window,
+                  softcap=softcap, block_table=block_table, cache_seqlens=cache_seqlens)
+    return tuning.tune(
+        key, decode_candidates(q, kv_heads, capacity, page_size, window),
+        make=lambda cfg: lambda: decode_forward(q, k, v, config=cfg, **kwargs),
+        encode=lambda cfg: cfg._asdict(), decode=lambda d: DecodeConfig(**d),
+        measure=_graph_ms)
+
+
+def _graph_ms(fn) -> float:
+    """Median ms of ``fn`` replayed in a CUDA graph. Not per-call events, as tuning does for
+    prefill: a decode call's host time (~0.1 ms of Python) exceeds its GPU time at small
+    shapes, so events around one call would time the host and rank its jitter."""
+    return do_bench_cudagraph(fn, return_mode="median")
 
 
 def decode_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float,
     num_splits: int | None = None, fp32_precision: str = "tf32", window: int | None = None,
     softcap: float | None = None, block_table: torch.Tensor | None = None,
-    cache_seqlens: torch.Tensor | None = None,
+    cache_seqlens: torch.Tensor | None = None, config: DecodeConfig | None = None,
+    fused_combine: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of a few queries q (B, H, N, D) over a KV cache.
 
@@ -239,8 +328,12 @@ def decode_forward(
     Returns the output in q's dtype and the fp32 natural-log log-sum-exp (B, H, N); a row
     that sees no key gets 0 and -inf. ``num_splits`` overrides ``choose_num_splits``; splits
     are rounded to whole key tiles, and splits that would start past the last key are not
-    launched. ``fp32_precision`` is how fp32 inputs are multiplied on a GPU: "tf32" or "ieee"
-    (triton_flash.dot_precision).
+    launched. ``config`` (a tuning candidate, see ``tuned_config``) scales that count and sets
+    the key tile and pipeline stages; by default ``default_config``. With more than one split
+    the splits are combined by the last of each KV head's splits to finish, in the same launch;
+    ``fused_combine=False`` combines them in a second launch instead (the previous scheme, kept
+    to compare). ``fp32_precision`` is how fp32 inputs are multiplied on a GPU: "tf32" or
+    "ieee" (triton_flash.dot_precision).
     """
     kv_heads, capacity, page_size = _check_tensors(q, k, v, block_table, cache_seqlens)
     reason = unsupported_reason(
@@ -251,76 +344,116 @@ def decode_forward(
         raise ValueError(reason)
     precision = triton_flash.dot_precision(q.dtype, fp32_precision)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    plan = _plan(q, kv_heads, capacity, page_size, window, num_splits, interpret)
+    plan = _plan(q, kv_heads, capacity, page_size, window, num_splits, config, interpret)
     batch, heads, seq_len, head_dim = q.shape
     out = torch.empty((batch, heads, seq_len, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((batch, heads, seq_len), dtype=torch.float32, device=q.device)
-    # Partials in rows of flat (batch, head, query), so each KV head's group is a block of
-    # rows; one split writes the output and LSE directly and needs no combine.
-    if plan.num_splits == 1:
-        part, lse_part = out, lse
-    else:
-        part = torch.empty((batch * heads * seq_len, plan.num_splits, head_dim),
-                           dtype=torch.float32, device=q.device)
-        lse_part = torch.empty((batch * heads * seq_len, plan.num_splits), dtype=torch.float32,
-                               device=q.device)
-    _launch_splits(q, k, v, part, lse_part, plan, kv_heads=kv_heads, capacity=capacity,
+    outputs = _split_outputs(out, lse, plan, kv_heads, fused_combine)
+    _launch_splits(q, k, v, outputs, plan, kv_heads=kv_heads, capacity=capacity,
                    causal=causal, scale=scale, softcap=softcap, block_table=block_table,
                    cache_seqlens=cache_seqlens, precision=precision, interpret=interpret)
-    if plan.num_splits > 1:
-        _combine(part, lse_part, out, lse, plan.num_splits, plan.block_d, interpret)
+    if plan.num_splits > 1 and not outputs["FUSED"]:
+        _combine(outputs["Part"], outputs["Lse_part"], out, lse, plan.num_splits, plan.block_d,
+                 interpret)
     return out, lse
 
 
+def _split_outputs(out: torch.Tensor, lse: torch.Tensor, plan: _Plan, kv_heads: int,
+                   fused: bool) -> dict:
+    """The split kernel's output arguments. One split writes the output and LSE directly (a
+    descriptor store) and needs no combine. More write fp32 partials and LSEs in rows of flat
+    (batch, head, query), so that each KV head's group is a block of rows: by descriptor for
+    the combine kernel, or (``fused``) by pointer stores, with the groups' counters."""
+    batch, heads, seq_len, head_dim = out.shape
+    groups, rows = batch * kv_heads, heads // kv_heads * seq_len
+    box = [1, plan.block_m, 1, plan.block_d]
+    unfused = dict(Part=None, Out=None, Lse=None, Counters=None, FUSED=False, TAIL_R=1,
+                   TAIL_S=1)
+    if plan.num_splits == 1:
+        po = TensorDescriptor.from_tensor(out.view(groups, rows, 1, head_dim), box)
+        return unfused | dict(desc_po=po, Lse_part=lse)
+    part = torch.empty((batch * heads * seq_len, plan.num_splits, head_dim),
+                       dtype=torch.float32, device=out.device)
+    lse_part = torch.empty((batch * heads * seq_len, plan.num_splits), dtype=torch.float32,
+                           device=out.device)
+    if not fused:
+        po = TensorDescriptor.from_tensor(part.view(groups, rows, plan.num_splits, head_dim),
+                                          box)
+        return unfused | dict(desc_po=po, Part=part, Lse_part=lse_part)
+    tail_r, tail_s = _tail_blocks(rows, plan.num_splits, plan.block_d)
+    return dict(desc_po=None, Part=part, Lse_part=lse_part, Out=out, Lse=lse,
+                Counters=_counters(out.device, groups), FUSED=True, TAIL_R=tail_r,
+                TAIL_S=tail_s)
+
+
+def _tail_blocks(rows: int, num_splits: int, block_d: int) -> tuple[int, int]:
+    """(TAIL_R, TAIL_S): the fused combine reads a group's partials TAIL_R rows by TAIL_S
+    splits at a time, in as few tiles of at most _TAIL_TILE values as it can (each tile is
+    one round trip to L2, and the tail is the critical path of the launch's last wave)."""
+    tail_s = min(triton.next_power_of_2(num_splits), max(1, _TAIL_TILE // block_d))
+    return min(triton.next_power_of_2(rows), max(1, _TAIL_TILE // (tail_s * block_d))), tail_s
+
+
+def _counters(device: torch.device, groups: int) -> torch.Tensor:
+    """At least ``groups`` zeroed int32 counters for the fused combine (see _COUNTERS)."""
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
+    buf = _COUNTERS.get((device, stream))
+    if buf is None or buf.numel() < groups:
+        # A launch still queued with the old buffer keeps its memory: the caching allocator
+        # reuses it only for work queued after that launch on the same stream.
+        buf = torch.zeros(triton.next_power_of_2(groups), dtype=torch.int32, device=device)
+        _COUNTERS[(device, stream)] = buf
+    return buf
+
+
 def _kv_arguments(k: torch.Tensor, v: torch.Tensor, block_table: torch.Tensor | None,
-                  plan: _Plan) -> tuple:
-    """The split kernel's K/V arguments: (desc_k, desc_v, K, V, Block_table, table_stride,
-    stride_page, stride_slot, stride_head); None and 0 where the layout needs none."""
+                  plan: _Plan) -> dict:
+    """The split kernel's K/V arguments by name; None and 0 where the layout needs none."""
     box = [1, 1, plan.block_n, plan.block_d]
+    none = dict(desc_k=None, desc_v=None, K=None, V=None, Block_table=None, table_stride=0,
+                stride_page=0, stride_slot=0, stride_head=0)
     if block_table is None:
         k, v = _tma_ready(k), _tma_ready(v)
-        return (TensorDescriptor.from_tensor(k, box), TensorDescriptor.from_tensor(v, box),
-                None, None, None, 0, 0, 0, 0)
+        return none | dict(desc_k=TensorDescriptor.from_tensor(k, box),
+                           desc_v=TensorDescriptor.from_tensor(v, box))
     if block_table.stride(1) != 1:
         block_table = block_table.contiguous()
+    paged = none | dict(Block_table=block_table, table_stride=block_table.stride(0))
     if plan.gather:
         # Pointer loads: any strides with a unit last one, the same for both pools.
         if k.stride(-1) != 1 or v.stride() != k.stride():
             k, v = k.contiguous(), v.contiguous()
-        return (None, None, k, v, block_table, block_table.stride(0), *k.stride()[:3])
+        return paged | dict(K=k, V=v, stride_page=k.stride(0), stride_slot=k.stride(1),
+                            stride_head=k.stride(2))
     # Descriptors over (pages, kv_heads, page_size, D) views of the pools: a tile is then the
     # dense kernel's box (the copy engine takes any 16-byte strides).
     k, v = _tma_ready(k).transpose(1, 2), _tma_ready(v).transpose(1, 2)
-    return (TensorDescriptor.from_tensor(k, box), TensorDescriptor.from_tensor(v, box),
-            None, None, block_table, block_table.stride(0), 0, 0, 0)
+    return paged | dict(desc_k=TensorDescriptor.from_tensor(k, box),
+                        desc_v=TensorDescriptor.from_tensor(v, box))
 
 
-def _launch_splits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, part: torch.Tensor,
-                   lse_part: torch.Tensor, plan: _Plan, *, kv_heads: int, capacity: int,
-                   causal: bool, scale: float, softcap: float | None,
-                   block_table: torch.Tensor | None, cache_seqlens: torch.Tensor | None,
-                   precision: str, interpret: bool) -> None:
+def _launch_splits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, outputs: dict,
+                   plan: _Plan, *, kv_heads: int, capacity: int, causal: bool, scale: float,
+                   softcap: float | None, block_table: torch.Tensor | None,
+                   cache_seqlens: torch.Tensor | None, precision: str, interpret: bool) -> None:
+    """Stage 1, with the output arguments of _split_outputs (and in them, FUSED: stage 2)."""
     batch, heads, seq_len, head_dim = q.shape
-    rows = heads // kv_heads * seq_len
     # reshape is a view whenever heads and queries merge (always at seq_len 1), else a copy of
     # the small q.
     q = _tma_ready(q.reshape(batch, 1, heads * seq_len, head_dim))
-    desc_k, desc_v, pool_k, pool_v, table, *strides = _kv_arguments(k, v, block_table, plan)
     if softcap is None:
         qk_scale, cap_scale = scale * _LOG2E, 0.0
     else:
         qk_scale, cap_scale = 2 * _LOG2E * scale / softcap, softcap * _LOG2E
     _split_kv_kernel[(plan.num_splits, batch * kv_heads)](
-        TensorDescriptor.from_tensor(q, [1, 1, plan.block_m, plan.block_d]), desc_k, desc_v,
-        TensorDescriptor.from_tensor(
-            part.view(batch * kv_heads, rows, plan.num_splits, head_dim),
-            [1, plan.block_m, 1, plan.block_d]),
-        lse_part, pool_k, pool_v, table, cache_seqlens,
-        kv_heads, rows, seq_len, capacity, plan.split_len, plan.num_splits, qk_scale, cap_scale,
-        plan.window or 0, *strides, head_dim,
+        desc_q=TensorDescriptor.from_tensor(q, [1, 1, plan.block_m, plan.block_d]),
+        **_kv_arguments(k, v, block_table, plan), **outputs, Cache_seqlens=cache_seqlens,
+        kv_heads=kv_heads, rows=heads // kv_heads * seq_len, seq_len=seq_len, kv_len=capacity,
+        split_len=plan.split_len, num_splits=plan.num_splits, qk_scale=qk_scale,
+        cap_scale=cap_scale, window=plan.window or 0, head_dim=head_dim,
         BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_D=plan.block_d, CAUSAL=causal,
         WINDOW=plan.window is not None, SOFTCAP=softcap is not None,
-        SEQLENS=cache_seqlens is not None, PAGED=table is not None, GATHER=plan.gather,
+        SEQLENS=cache_seqlens is not None, PAGED=block_table is not None, GATHER=plan.gather,
         PAGE_SIZE=plan.page_size or 0, INTERPRET=interpret, DOT_PRECISION=precision,
         num_warps=plan.num_warps, num_stages=plan.num_stages,
     )

@@ -1,6 +1,8 @@
 """The two kernels of split-KV decode (flash-decoding). Stage 1: one program per (split, sequence,
 KV head) attends its GQA group's stacked query rows to one contiguous range of the cache;
-stage 2 (with more than one split) combines each row's splits by their log-sum-exp.
+stage 2 (with more than one split) combines each row's splits by their log-sum-exp: a kernel of
+its own, or (``FUSED``) the tail of stage 1's program that finishes its group's splits last,
+found by an atomic counter per group (_combine_if_last).
 
 Each of stage 1's features is a constexpr, so that a launch without any compiles to the dense
 kernel's code, instruction for instruction (scripts/inspect_decode.py --sass-dir): ``WINDOW``
@@ -8,7 +10,9 @@ kernel's code, instruction for instruction (scripts/inspect_decode.py --sass-dir
 (scores capped as c·tanh(s/c) before masking), ``SEQLENS`` (each sequence's cache length read
 from ``cache_seqlens``), ``PAGED`` (K and V pools of pages named by a block table; a tile
 inside one page is one descriptor load) and ``GATHER`` (pages shorter than a tile: its rows
-gathered by pointer arithmetic).
+gathered by pointer arithmetic). ``FUSED`` (partials by pointer stores, then the counter and,
+in the last split, the combine) is on for every launch of more than one split unless the
+caller asks for the two launches.
 """
 
 from __future__ import annotations
@@ -158,6 +162,18 @@ def _attend_tiles(acc, l_i, m_i, q, desc_k, desc_v, K, V, table, batch, kv_head,
 
 
 @triton.jit
+def _normalise(acc, l_i, m_i):
+    """(acc / l_i, natural-log LSE) of running sums over rows (acc (R, D), base-2 l_i, m_i
+    (R,)); a row that saw nothing gets 0 and -inf, which weigh nothing in a combine."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc * (1.0 / l_safe)[:, None]
+    # Back from base 2 to the natural log that callers (and a backward pass) expect.
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+    return out, lse
+
+
+@triton.jit
 def _attend_rows(q, desc_k, desc_v, K, V, table, batch, kv_head, stride_page, stride_slot,
                  stride_head, head_dim, lo, unmasked_lo, unmasked_hi, hi, pos, key_lo, kv_len,
                  diag, window, qk_scale, cap_scale, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr,
@@ -170,7 +186,7 @@ def _attend_rows(q, desc_k, desc_v, K, V, table, batch, kv_head, stride_page, st
     normalised output and the natural-log log-sum-exp; a row that saw no key gets 0 and -inf,
     which weigh nothing in the combine."""
     # A finite floor instead of -inf: a row that has seen no key yet then gets
-    # exp2(-inf - floor) = 0 rather than NaN, and ends with l_i == 0, which is guarded below.
+    # exp2(-inf - floor) = 0 rather than NaN, and ends with l_i == 0, which _normalise guards.
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -190,12 +206,7 @@ def _attend_rows(q, desc_k, desc_v, K, V, table, batch, kv_head, stride_page, st
         stride_head, head_dim, unmasked_hi, hi, pos, key_lo, kv_len, diag, window, qk_scale,
         cap_scale, True, CAUSAL, WINDOW, SOFTCAP, SEQLENS, PAGED, GATHER, PAGE_SIZE, INTERPRET,
         BLOCK_N, BLOCK_D, DOT_PRECISION)
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc * (1.0 / l_safe)[:, None]
-    # Back from base 2 to the natural log that callers (and a backward pass) expect.
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
-    return out, lse
+    return _normalise(acc, l_i, m_i)
 
 
 @triton.jit
@@ -237,13 +248,14 @@ def _split_bounds(split, split_len, seq_len, kv_len, window, BLOCK_N: tl.constex
 
 @triton.jit
 def _split_kv_kernel(
-    desc_q, desc_k, desc_v, desc_po, Lse_part, K, V, Block_table, Cache_seqlens,
-    kv_heads, rows, seq_len, kv_len, split_len, num_splits, qk_scale, cap_scale, window,
-    table_stride, stride_page, stride_slot, stride_head, head_dim,
+    desc_q, desc_k, desc_v, desc_po, Part, Lse_part, Out, Lse, Counters, K, V, Block_table,
+    Cache_seqlens, kv_heads, rows, seq_len, kv_len, split_len, num_splits, qk_scale, cap_scale,
+    window, table_stride, stride_page, stride_slot, stride_head, head_dim,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, SEQLENS: tl.constexpr,
-    PAGED: tl.constexpr, GATHER: tl.constexpr, PAGE_SIZE: tl.constexpr,
-    INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    PAGED: tl.constexpr, GATHER: tl.constexpr, PAGE_SIZE: tl.constexpr, FUSED: tl.constexpr,
+    TAIL_R: tl.constexpr, TAIL_S: tl.constexpr, INTERPRET: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     split = tl.program_id(0)
     pid_bk = tl.program_id(1)
@@ -265,32 +277,136 @@ def _split_kv_kernel(
     if PAGED:
         table = Block_table + batch.to(tl.int64) * table_stride
     # Normalised output and natural-log LSE: with one split these are the final results
-    # (desc_po is then the output itself), and the combine needs nothing else.
+    # (desc_po is then the output itself), and the combine needs nothing else. A split past
+    # this sequence's keys (a short one, or before a window) stores 0 and -inf and counts.
     out, lse = _attend_rows(
         q, desc_k, desc_v, K, V, table, batch, kv_head, stride_page, stride_slot, stride_head,
         head_dim, lo, unmasked_lo, unmasked_hi, hi, pos, key_lo, kv_len, diag, window, qk_scale,
         cap_scale, BLOCK_M, CAUSAL, WINDOW, SOFTCAP, SEQLENS, PAGED, GATHER, PAGE_SIZE,
         INTERPRET, BLOCK_N, BLOCK_D, DOT_PRECISION)
-    # Viewed as (batch * kv_heads, rows, num_splits, D): the store is clipped to this group.
-    desc_po.store([pid_bk, 0, split, 0],
-                  out.to(desc_po.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
     flat_row = pid_bk.to(tl.int64) * rows + offs_r
+    if FUSED:
+        # Plain stores, not the descriptor's: a copy-engine (async proxy) store is not ordered
+        # by the release below, these are.
+        offs_d = tl.arange(0, BLOCK_D)
+        tl.store(Part + (flat_row * num_splits + split)[:, None] * head_dim + offs_d[None, :],
+                 out, mask=(offs_r < rows)[:, None] & (offs_d < head_dim)[None, :])
+    else:
+        # Viewed as (batch * kv_heads, rows, num_splits, D): the store is clipped to this group.
+        desc_po.store([pid_bk, 0, split, 0],
+                      out.to(desc_po.dtype).reshape(1, BLOCK_M, 1, BLOCK_D))
     tl.store(Lse_part + flat_row * num_splits + split, lse, mask=offs_r < rows)
+    if FUSED:
+        _combine_if_last(Part, Lse_part, Out, Lse, Counters, pid_bk, rows, num_splits,
+                         head_dim, TAIL_R, TAIL_S, BLOCK_D, INTERPRET)
 
 
 @triton.jit
-def _combine_chunk(acc, l_i, m_i, desc_po, Lse_part, row, s0, num_splits,
-                   BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+def _combine_if_last(Part, Lse_part, Out, Lse, Counters, pid_bk, rows, num_splits, head_dim,
+                     TAIL_R: tl.constexpr, TAIL_S: tl.constexpr, BLOCK_D: tl.constexpr,
+                     INTERPRET: tl.constexpr):
+    """Stage 2 fused into stage 1: the group's split that finishes last combines all of its
+    splits' partials, TAIL_R rows by TAIL_S splits at a time, and resets the group's counter
+    (zero again for the next launch)."""
+    # Every thread has issued its partial and LSE stores before the one thread that runs the
+    # scalar atomic does: its release then covers them (bar.sync, then a cumulative release,
+    # the pattern of CUTLASS's semaphores). acq_rel: each arrival also acquires the earlier
+    # ones' releases, so the last one's acquire sees every split's stores.
+    tl.debug_barrier()
+    arrived = tl.atomic_add(Counters + pid_bk, 1, sem="acq_rel", scope="gpu")
+    if arrived == num_splits - 1:
+        # The acquire was one thread's; the barrier orders every thread's loads after it, and
+        # the loads skip L1 (.cg), which may hold lines of this buffer from an earlier launch.
+        tl.debug_barrier()
+        tl.store(Counters + pid_bk, 0)
+        first = pid_bk.to(tl.int64) * rows
+        # Same interpreter workaround as _attend_tiles: no range() over runtime bounds.
+        if INTERPRET:
+            r0 = 0
+            while r0 < rows:
+                _combine_group_rows(Part, Lse_part, Out, Lse, first, r0, rows, num_splits,
+                                    head_dim, TAIL_R, TAIL_S, BLOCK_D, INTERPRET)
+                r0 += TAIL_R
+        else:
+            for r0 in range(0, rows, TAIL_R):
+                _combine_group_rows(Part, Lse_part, Out, Lse, first, r0, rows, num_splits,
+                                    head_dim, TAIL_R, TAIL_S, BLOCK_D, INTERPRET)
+
+
+@triton.jit
+def _combine_group_rows(Part, Lse_part, Out, Lse, first, r0, rows, num_splits, head_dim,
+                        TAIL_R: tl.constexpr, TAIL_S: tl.constexpr, BLOCK_D: tl.constexpr,
+                        INTERPRET: tl.constexpr):
+    """The fused tail's rows r0.. of the group whose first flat row is ``first``: combined
+    and stored, those under ``rows``."""
+    offs_r = tl.arange(0, TAIL_R)
+    inside = r0 + offs_r < rows
+    row = first + r0 + offs_r
+    out, lse = _combine_rows(None, Part, Lse_part, first + r0, offs_r, inside, num_splits,
+                             head_dim, True, TAIL_R, TAIL_S, BLOCK_D, INTERPRET)
+    offs_d = tl.arange(0, BLOCK_D)
+    tl.store(Out + row[:, None] * head_dim + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=inside[:, None] & (offs_d < head_dim)[None, :])
+    tl.store(Lse + row, lse, mask=inside)
+
+
+@triton.jit
+def _split_chunk(desc_po, Part, Lse_part, row0, offs_r, inside, s0, num_splits, head_dim,
+                 POINTERS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Base-2 LSEs (R, BLOCK_S) and partials (R, BLOCK_S, D) of splits s0.. of the flat
+    (batch, head, query) rows row0 + offs_r; splits past the last, and rows not ``inside``,
+    weigh exp2(-inf) = 0. By the combine kernel's descriptor (R = 1), or by the fused tail's
+    pointer loads, which bypass L1 (see _combine_if_last)."""
     offs_s = s0 + tl.arange(0, BLOCK_S)
-    lse = tl.load(Lse_part + row.to(tl.int64) * num_splits + offs_s, mask=offs_s < num_splits,
-                  other=float("-inf")) * 1.4426950408889634
-    # Splits past the last are zero-filled by the descriptor and weigh exp2(-inf) = 0.
-    part = desc_po.load([0, row, s0, 0]).reshape(BLOCK_S, BLOCK_D)
-    m_new = tl.maximum(m_i, tl.max(lse, 0))
-    w = tl.exp2(lse - m_new)
+    slot = (row0.to(tl.int64) + offs_r)[:, None] * num_splits + offs_s[None, :]
+    valid = inside[:, None] & (offs_s < num_splits)[None, :]
+    if POINTERS:
+        lse = tl.load(Lse_part + slot, mask=valid, other=float("-inf"), cache_modifier=".cg")
+        offs_d = tl.arange(0, BLOCK_D)
+        part = tl.load(Part + slot[:, :, None] * head_dim + offs_d[None, None, :],
+                       mask=valid[:, :, None] & (offs_d < head_dim)[None, None, :], other=0.0,
+                       cache_modifier=".cg")
+    else:
+        lse = tl.load(Lse_part + slot, mask=valid, other=float("-inf"))
+        # Splits past the last are zero-filled by the descriptor.
+        part = desc_po.load([0, row0, s0, 0]).reshape(1, BLOCK_S, BLOCK_D)
+    return lse * 1.4426950408889634, part
+
+
+@triton.jit
+def _combine_rows(desc_po, Part, Lse_part, row0, offs_r, inside, num_splits, head_dim,
+                  POINTERS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr,
+                  BLOCK_D: tl.constexpr, INTERPRET: tl.constexpr):
+    """(output (BLOCK_R, D), natural-log LSE (BLOCK_R,)) of rows row0 + offs_r: their splits'
+    partials weighed by their LSEs, BLOCK_S splits at a time (_split_chunk reads them)."""
+    m_i = tl.full([BLOCK_R], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_R, BLOCK_D], dtype=tl.float32)
+    # Same interpreter workaround as _attend_tiles: no range() over runtime bounds.
+    if INTERPRET:
+        s0 = 0
+        while s0 < num_splits:
+            lse, part = _split_chunk(desc_po, Part, Lse_part, row0, offs_r, inside, s0,
+                                     num_splits, head_dim, POINTERS, BLOCK_S, BLOCK_D)
+            acc, l_i, m_i = _merge_splits(acc, l_i, m_i, lse, part)
+            s0 += BLOCK_S
+    else:
+        for s0 in range(0, num_splits, BLOCK_S):
+            lse, part = _split_chunk(desc_po, Part, Lse_part, row0, offs_r, inside, s0,
+                                     num_splits, head_dim, POINTERS, BLOCK_S, BLOCK_D)
+            acc, l_i, m_i = _merge_splits(acc, l_i, m_i, lse, part)
+    return _normalise(acc, l_i, m_i)
+
+
+@triton.jit
+def _merge_splits(acc, l_i, m_i, lse, part):
+    """The online softmax over splits: running acc (R, D), l_i, m_i (R,) updated by a chunk of
+    base-2 LSEs (R, S) and normalised partials (R, S, D)."""
+    m_new = tl.maximum(m_i, tl.max(lse, 1))
+    w = tl.exp2(lse - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(w, 0)
-    acc = acc * alpha + tl.sum(w[:, None] * part, 0)
+    l_i = l_i * alpha + tl.sum(w, 1)
+    acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * part, 1)
     return acc, l_i, m_new
 
 
@@ -302,23 +418,8 @@ def _combine_kernel(
     # One program per output row (flat batch, head, query), whose partials lie contiguous,
     # BLOCK_S splits at a time. Descriptor offsets are int32, pointer offsets int64.
     row = tl.program_id(0)
-    m_i = tl.full([], -1.0e30, dtype=tl.float32)
-    l_i = tl.full([], 0.0, dtype=tl.float32)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    # Same interpreter workaround as triton_flash._attend_tiles: no range() over runtime bounds.
-    if INTERPRET:
-        s0 = 0
-        while s0 < num_splits:
-            acc, l_i, m_i = _combine_chunk(acc, l_i, m_i, desc_po, Lse_part, row, s0, num_splits,
-                                           BLOCK_S, BLOCK_D)
-            s0 += BLOCK_S
-    else:
-        for s0 in range(0, num_splits, BLOCK_S):
-            acc, l_i, m_i = _combine_chunk(acc, l_i, m_i, desc_po, Lse_part, row, s0, num_splits,
-                                           BLOCK_S, BLOCK_D)
-    empty = l_i == 0.0
-    l_safe = tl.where(empty, 1.0, l_i)
-    out = acc * (1.0 / l_safe)
+    offs_r = tl.arange(0, 1)
+    out, lse = _combine_rows(desc_po, None, Lse_part, row, offs_r, offs_r == 0, num_splits, 0,
+                             False, 1, BLOCK_S, BLOCK_D, INTERPRET)
     desc_o.store([0, 0, row, 0], out.to(desc_o.dtype).reshape(1, 1, 1, BLOCK_D))
-    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
-    tl.store(Lse + row.to(tl.int64), lse)
+    tl.store(Lse + row.to(tl.int64) + offs_r, lse)

@@ -386,6 +386,11 @@ def _decode_call(inputs: AttentionInputs, route: str, fp32_precision: str
             raise ValueError(f"a paged KV cache is read by the decode kernel only: {reason}")
         extra |= {"block_table": inputs.block_table, "cache_seqlens": inputs.cache_seqlens}
     q, k, v = inputs.tensors
+    # Tuned here, outside every timed call, as the prefill kernel is in prepare.
+    config, _ = triton_decode.tuned_config(q, k, v, causal=inputs.causal, scale=inputs.scale,
+                                           fp32_precision=fp32_precision, **extra)
+    if config is not None:
+        extra["config"] = config
     return lambda: triton_decode.decode_forward(q, k, v, causal=inputs.causal,
                                                 scale=inputs.scale,
                                                 fp32_precision=fp32_precision, **extra)[0]

@@ -6,7 +6,12 @@ instructions that say how K/V arrive: UTMALDG (copy-engine tile loads), LDGSTS (
 pointer copies), LDG (plain loads), HMMA/HGMMA and MUFU.EX2, from the SASS.
 
     python scripts/inspect_decode.py [--head-dim 128] [--dtype bf16] [--rows 16]
-                                     [--full] [--sass-dir DIR] [VARIANT ...]
+                                     [--full] [--fused SPLITS] [--block-n N] [--stages S]
+                                     [--sass-dir DIR] [VARIANT ...]
+
+--fused compiles the launch that combines SPLITS splits in its last program (the default, for
+more than one split); without it, the two-launch kernel. --block-n and --stages replace the
+default configuration's key tile and stages (a tuning candidate's, kernels/triton_decode_configs.py).
 
 --sass-dir writes each variant's instructions (no addresses), to diff against another build.
 """
@@ -45,22 +50,28 @@ VARIANTS = {
 }
 
 
-def compile_variant(name: str, head_dim: int, dtype: str, rows: int, causal: bool = True):
+def compile_variant(name: str, head_dim: int, dtype: str, rows: int, causal: bool = True,
+                    fused: int | None = None, block_n: int | None = None,
+                    stages: int | None = None):
     window, softcap, seqlens, page_size = VARIANTS[name]
     block_m = max(16, triton.next_power_of_2(rows))
     block_d = triton.next_power_of_2(head_dim)
-    block_n, num_warps, num_stages = td._launch_config(head_dim, TORCH_DTYPES[dtype], block_m,
-                                                       False)
+    _, num_warps, _ = td._launch_config(head_dim, TORCH_DTYPES[dtype], block_m, False)
+    config = td.default_config(head_dim, TORCH_DTYPES[dtype], block_m, page_size is not None,
+                               False)
+    block_n, num_stages = block_n or config.block_n, stages or config.num_stages
     gather = False
     if page_size is not None:
         block_n, gather = td._page_tiles(page_size, block_n)
-        num_stages = 2 * num_stages - 1  # as td._plan sets it
     box = f"[1,1,{block_n},{block_d}]"
     kv_desc = "constexpr" if gather else f"tensordesc<{dtype}{box}>"
     signature = {
         "desc_q": f"tensordesc<{dtype}[1,1,{block_m},{block_d}]>", "desc_k": kv_desc,
-        "desc_v": kv_desc, "desc_po": f"tensordesc<{dtype}[1,{block_m},1,{block_d}]>",
-        "Lse_part": "*fp32", "K": f"*{dtype}" if gather else "constexpr",
+        "desc_v": kv_desc,
+        "desc_po": "constexpr" if fused else f"tensordesc<{dtype}[1,{block_m},1,{block_d}]>",
+        "Part": "*fp32" if fused else "constexpr", "Lse_part": "*fp32",
+        "Out": f"*{dtype}" if fused else "constexpr", "Lse": "*fp32" if fused else "constexpr",
+        "Counters": "*i32" if fused else "constexpr", "K": f"*{dtype}" if gather else "constexpr",
         "V": f"*{dtype}" if gather else "constexpr",
         "Block_table": "*i32" if page_size else "constexpr",
         "Cache_seqlens": "*i32" if seqlens else "constexpr",
@@ -70,11 +81,14 @@ def compile_variant(name: str, head_dim: int, dtype: str, rows: int, causal: boo
         **{a: "i32" for a in ("table_stride", "stride_page", "stride_slot", "stride_head",
                               "head_dim")},
     }
+    tail_r, tail_s = td._tail_blocks(rows, fused, block_d) if fused else (1, 1)
     constexprs = dict(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, CAUSAL=causal, WINDOW=window,
         SOFTCAP=softcap, SEQLENS=seqlens, PAGED=page_size is not None, GATHER=gather,
-        PAGE_SIZE=page_size or 0, INTERPRET=False, DOT_PRECISION="tf32")
-    for arg in ("desc_k", "desc_v", "K", "V", "Block_table", "Cache_seqlens"):
+        PAGE_SIZE=page_size or 0, FUSED=bool(fused), TAIL_R=tail_r, TAIL_S=tail_s,
+        INTERPRET=False, DOT_PRECISION="tf32")
+    for arg in ("desc_k", "desc_v", "desc_po", "Part", "Out", "Lse", "Counters", "K", "V",
+                "Block_table", "Cache_seqlens"):
         if signature[arg] == "constexpr":
             constexprs[arg] = None
     signature |= {k: "constexpr" for k in constexprs}
@@ -110,6 +124,10 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=TORCH_DTYPES)
     parser.add_argument("--rows", type=int, default=16, help="stacked query rows per KV head")
     parser.add_argument("--full", action="store_true", help="not causal (a window needs causal)")
+    parser.add_argument("--fused", type=int, metavar="SPLITS",
+                        help="the fused combine's launch, sized for this many splits")
+    parser.add_argument("--block-n", type=int)
+    parser.add_argument("--stages", type=int)
     parser.add_argument("--sass-dir", type=Path)
     parser.add_argument("variants", nargs="*", default=list(VARIANTS))
     args = parser.parse_args()
@@ -117,7 +135,8 @@ def main() -> None:
           " instructions |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.variants:
-        c = compile_variant(name, args.head_dim, args.dtype, args.rows, causal=not args.full)
+        c = compile_variant(name, args.head_dim, args.dtype, args.rows, causal=not args.full,
+                            fused=args.fused, block_n=args.block_n, stages=args.stages)
         sass, usage = cuobjdump(c, "-sass"), cuobjdump(c, "-res-usage")
         ops = instructions(sass)
         count = lambda pat: sum(1 for op in ops if re.search(pat, op))  # noqa: E731

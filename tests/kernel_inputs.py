@@ -80,6 +80,25 @@ def assert_matches_reference(out: torch.Tensor, lse: torch.Tensor, q: torch.Tens
     assert lse_err < lse_tol, f"max lse error {lse_err:.3e} >= {lse_tol:.0e}"
 
 
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.to(ref.dtype) - ref).norm() / ref.norm()).item()
+
+
+def reference_and_sdpa_error(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+                             scale: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The GPU tests' yardstick: the fp32 (out, lse) reference on q's device, and the relative
+    output error of PyTorch's own kernel on the same (dense) inputs against it."""
+    ref, ref_lse = reference(q, k, v, causal=causal, scale=scale, dtype=torch.float32,
+                             device=q.device)
+    n, nk = q.shape[2], k.shape[2]
+    # SDPA's is_causal aligns the diagonal top-left; the kernels' mask is bottom-right.
+    visible = (torch.ones(n, nk, dtype=torch.bool, device=q.device).tril(diagonal=nk - n)
+               if causal else None)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=visible,
+                                                            scale=scale, enable_gqa=True)
+    return ref, ref_lse, relative_error(sdpa, ref)
+
+
 class LaunchSpy:
     """Stands in for a Triton kernel (``monkeypatch.setattr(module, name, LaunchSpy(kernel))``)
     and records the keyword arguments (constexprs) of every launch, then launches it."""

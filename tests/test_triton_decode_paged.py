@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernel_inputs import BF16, DEVICE, DTYPES, F16, F32, INTERPRET, TOLERANCES, LaunchSpy
+from kernel_inputs import (BF16, DEVICE, DTYPES, F16, F32, INTERPRET, TOLERANCES, LaunchSpy,
+                           reference_and_sdpa_error, relative_error)
 
 from flashbench.core.cases import FEATURES as CASE_FEATURES
 from flashbench.kernels import triton_decode
@@ -104,13 +105,13 @@ def assert_close_to_reference(out: torch.Tensor, lse: torch.Tensor,
 
 
 def run_case(b, h, hkv, n, cap, d, dtype, *, page, lengths, window=None, softcap=None,
-             causal=True, splits=None, scale=None, poison=None) -> None:
+             causal=True, splits=None, scale=None, poison=None, fused=True) -> None:
     """The kernel on a paged (page) or dense (page None) cache against the reference; with
     ``poison``, every key no query may see holds it."""
     q, k, v = random_cache(b, h, hkv, n, cap, d, dtype)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     keep = visible(lengths or [cap] * b, cap, n, window) if poison is not None else None
-    extra = dict(window=window, softcap=softcap, num_splits=splits,
+    extra = dict(window=window, softcap=softcap, num_splits=splits, fused_combine=fused,
                  cache_seqlens=None if lengths is None else seqlens(lengths))
     if page is None:
         kk, vv = (k, v) if keep is None else (poisoned(k, keep, poison), poisoned(v, keep, poison))
@@ -271,17 +272,29 @@ def test_reads_nothing_outside_the_cache(poison: float, page: int | None, window
              poison=poison)
 
 
-def test_short_sequences_leave_splits_empty() -> None:
-    # Eight splits of a 608-key cache: the 1- and 16-key sequences use one, the rest are empty.
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two-launch"])
+def test_short_sequences_leave_splits_empty(fused: bool) -> None:
+    # Eight splits of a 608-key cache: the 1- and 16-key sequences use one, the rest are empty
+    # (and, fused, still count: the last of them combines).
     run_case(4, 4, 2, 1, 608, 64, F32, page=16, lengths=[608, 16, 300, 1], splits=8,
-             poison=NAN)
+             poison=NAN, fused=fused)
 
 
-def test_an_empty_cache_gives_zero_and_minus_inf() -> None:
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two-launch"])
+def test_splits_before_a_window_are_empty(fused: bool) -> None:
+    # Three 32-key splits cover a 60-key window and 4 queries from its first tile; the 30-key
+    # sequence's window starts at key 0, so its second and third splits see nothing.
+    run_case(2, 4, 2, 4, 300, 64, F32, page=None, lengths=[300, 30], window=60, splits=4,
+             poison=NAN, fused=fused)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "two-launch"])
+def test_an_empty_cache_gives_zero_and_minus_inf(fused: bool) -> None:
     q, k, v = random_cache(2, 4, 2, 1, 300, 64, F32)
     pk, pv, table = paged(k, v, 64)
     out, lse = decode_forward(q, pk, pv, causal=False, scale=0.1, block_table=table,
-                              cache_seqlens=seqlens([0, 300]), num_splits=2)
+                              cache_seqlens=seqlens([0, 300]), num_splits=2,
+                              fused_combine=fused)
     assert torch.equal(out[0], torch.zeros_like(out[0])) and (lse[0] == -INF).all()
     ref = reference(q[1:], k[1:], v[1:], [300], causal=False, scale=0.1)
     assert_close_to_reference(out[1:], lse[1:], ref)
@@ -422,3 +435,21 @@ def test_gpu_paged_with_per_sequence_lengths(page: int, window: int | None,
     ref = reference(q, k, v, lengths, causal=True, scale=1 / math.sqrt(128), window=window,
                     softcap=softcap)
     assert_close_to_reference(out, lse, ref)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="checks the compiled kernel, not the interpreter")
+@pytest.mark.parametrize("page", [16, 256])
+def test_gpu_every_paged_tuning_candidate_within_twice_sdpa(page: int) -> None:
+    # What the tuner may pick for a paged cache (gathered pages of 16, tiles inside pages of
+    # 256), combined in one launch or two: all as accurate as SDPA's kernel on the dense cache.
+    q, k, v = random_cache(1, 32, 8, 1, 32768, 128, BF16, seed=page)
+    pk, pv, table = paged(k, v, page)
+    scale = 1 / math.sqrt(128)
+    ref, _, sdpa_err = reference_and_sdpa_error(q, k, v, causal=False, scale=scale)
+    for config in triton_decode.decode_candidates(q, 8, 32768, page, None):
+        for fused in (True, False):
+            out, _ = decode_forward(q, pk, pv, causal=False, scale=scale, block_table=table,
+                                    config=config, fused_combine=fused)
+            err = relative_error(out, ref)
+            assert err <= 2 * sdpa_err, f"{config}, fused {fused}: {err:.3e} vs {sdpa_err:.3e}"
