@@ -3,7 +3,7 @@
 # brings its files back: the card's ceilings (calibrated once per machine, for GB/s as a share
 # of the copy rate), each named sweep (scripts/deploy/NAME.yaml or a preset, with FLAGS_NAME
 # extra flags), each bounded by SECONDS_NAME (default 200 s; SIGINT: the run stops after its
-# group, rows kept), then optionally GPU tests (pytest -m gpu on the files named by TESTS).
+# group, rows kept; killed 20 s later if it has not), then optionally GPU tests (pytest -m gpu on the files named by TESTS).
 # Usage (repository root): TESTS="tests/test_x.py" bash scripts/deploy/call.sh window ragged-prefill
 set -uo pipefail
 source scripts/device_setup.sh
@@ -19,13 +19,15 @@ for name in "$@"; do
   flags_var=FLAGS_${name//[-.]/_}; seconds_var=SECONDS_${name//[-.]/_}
   echo "== flashbench run --config $config ${!flags_var:-} ($(date -u +%T))" | tee -a "$log"
   rm -rf "$runs/$name"
-  timeout -s INT "${!seconds_var:-200}" flashbench run --config "$config" ${!flags_var:-} \
+  # SIGINT first (the run stops after its group and keeps its rows); a run that does not
+  # stop within 20 s more (a case that never returns) is killed, so the call always ends.
+  timeout -s INT -k 20 "${!seconds_var:-200}" flashbench run --config "$config" ${!flags_var:-} \
     --out "$runs/$name" >"$runs/$name.table.txt" 2>"$runs/$name.stderr"
   echo "exit $? ($(date -u +%T))" | tee -a "$log"; tail -n 3 "$runs/$name.stderr"
 done
 if [[ -n "${TESTS:-}" ]]; then
   echo "== GPU tests ($(date -u +%T)): $TESTS" | tee -a "$log"
-  timeout -s INT "${TESTS_SECONDS:-240}" python3 -m pytest -q -m gpu -p no:cacheprovider \
+  timeout -s INT -k 10 "${TESTS_SECONDS:-240}" python3 -m pytest -q -m gpu -p no:cacheprovider \
     $TESTS >"$runs/gpu-tests.log" 2>&1
   echo "exit $? ($(date -u +%T))" | tee -a "$log"; tail -n 15 "$runs/gpu-tests.log"
 fi
