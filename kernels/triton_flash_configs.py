@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
@@ -69,20 +70,25 @@ def candidate_configs(head_dim: int, dtype: torch.dtype,
             return [LaunchConfig(64, 32, 4, 2), LaunchConfig(64, 64, 4, 2),
                     LaunchConfig(128, 32, 8, 2)]
         return [LaunchConfig(64, 16, 8, 2), LaunchConfig(64, 32, 8, 2)]
+    if head_dim > 128:
+        # D = 256: eight warps, not four: a 64x256 fp32 accumulator over four warps spills.
+        return [LaunchConfig(64, 32, 8, 2), LaunchConfig(64, 64, 8, 2),
+                LaunchConfig(128, 32, 8, 2)]
     # Warp-specialized: 4 warps per consumer warpgroup; triton makes 12 (a producer warpgroup
     # issuing the copies and two consumers of 64 rows each, SETMAXREG in the SASS). Stages as
     # shared memory allows: at D=128, 128-key tiles take 176 KB at two stages (three
-    # overflow), 64-key tiles 144 KB at three.
+    # overflow), 64-key tiles 144 KB at three. FLASHBENCH_TRITON_WS=0 leaves them out (for a
+    # triton whose specialization misbehaves).
     if head_dim <= 64:
-        return [LaunchConfig(128, 64, 8, 3), LaunchConfig(128, 64, 4, 3),
-                LaunchConfig(128, 128, 4, 3), LaunchConfig(64, 64, 4, 4),
-                LaunchConfig(128, 128, 4, 3, True), LaunchConfig(128, 64, 4, 4, True)]
-    if head_dim <= 128:
-        return [LaunchConfig(128, 128, 8, 3), LaunchConfig(128, 64, 8, 3),
-                LaunchConfig(64, 64, 4, 3), LaunchConfig(128, 64, 8, 4),
-                LaunchConfig(128, 128, 4, 2, True), LaunchConfig(128, 64, 4, 3, True)]
-    # D = 256: eight warps, not four: a 64x256 fp32 accumulator over four warps spills.
-    return [LaunchConfig(64, 32, 8, 2), LaunchConfig(64, 64, 8, 2), LaunchConfig(128, 32, 8, 2)]
+        configs = [LaunchConfig(128, 64, 8, 3), LaunchConfig(128, 64, 4, 3),
+                   LaunchConfig(128, 128, 4, 3), LaunchConfig(64, 64, 4, 4),
+                   LaunchConfig(128, 128, 4, 3, True), LaunchConfig(128, 64, 4, 4, True)]
+    else:
+        configs = [LaunchConfig(128, 128, 8, 3), LaunchConfig(128, 64, 8, 3),
+                   LaunchConfig(64, 64, 4, 3), LaunchConfig(128, 64, 8, 4),
+                   LaunchConfig(128, 128, 4, 2, True), LaunchConfig(128, 64, 4, 3, True)]
+    specialize = os.environ.get("FLASHBENCH_TRITON_WS", "1") != "0"
+    return [cfg for cfg in configs if specialize or not cfg.warp_specialize]
 
 
 def length_bucket(n: int) -> int:

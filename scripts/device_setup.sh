@@ -15,7 +15,7 @@ log="$OUT/device.log"
   fi
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --upgrade \
     --target /tmp/site .
-} >"$log" 2>&1
+} >>"$log" 2>&1  # appended: a call may run several of these scripts
 export PYTHONPATH=/tmp/site PATH="/tmp/site/bin:$PATH"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
   | tee -a "$log"

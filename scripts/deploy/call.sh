@@ -32,4 +32,5 @@ if [[ -n "${TESTS:-}" ]]; then
   echo "exit $? ($(date -u +%T))" | tee -a "$log"; tail -n 15 "$runs/gpu-tests.log"
 fi
 cp "$log" "$runs/device.log"
+cp "$FLASHBENCH_CACHE_DIR/tuning.json" "$runs/" 2>/dev/null  # the tuner's winners
 tar -czf "$OUT/deploy.tar.gz" -C /tmp deploy

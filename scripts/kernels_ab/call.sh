@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 17's same-process A/B runs on the lent GPU machine, each bounded (SIGINT, then a kill
 # 5 s later: a kernel that hangs the GPU ends only its own step) and logged under $OUT:
+#   probe    scripts/kernels_ab/ws_probe.py: the warp-specialized forward candidates run and
+#            agree (else FLASHBENCH_TRITON_WS=0 for what follows);
 #   prefill  scripts/bench_prefill.py: every forward candidate (warp-specialized ones too),
 #            SDPA cuDNN and flash, B=4 H=32 D=128 bf16 at N=$PREFILL_N;
 #   decode   scripts/bench_decode_ab.py: two launches, fused, fused+tuned, cuDNN;
@@ -14,11 +16,16 @@ step() {  # step NAME SECONDS COMMAND...
   local name=$1 seconds=$2; shift 2
   echo "== $name: $* ($(date -u +%T))" | tee -a "$log"
   timeout -s INT -k 5 "$seconds" "$@" >"$OUT/$name.log" 2>&1
-  echo "exit $? ($(date -u +%T))" | tee -a "$log"
+  rc=$?
+  echo "exit $rc ($(date -u +%T))" | tee -a "$log"
   tail -n 25 "$OUT/$name.log"
 }
-for s in ${STEPS:-prefill decode bwd tests}; do
+for s in ${STEPS:-probe prefill decode bwd tests}; do
   case $s in
+    probe) step probe "${PROBE_SECONDS:-60}" python3 scripts/kernels_ab/ws_probe.py
+           # A warp-specialized candidate that disagrees, fails or hangs: the later steps (and
+           # a later deploy/call.sh that finds $OUT/ws_off) run without them.
+           if [[ $rc != 0 ]]; then export FLASHBENCH_TRITON_WS=0; touch "$OUT/ws_off"; fi ;;
     prefill) step prefill "${PREFILL_SECONDS:-100}" python3 scripts/bench_prefill.py \
                --seq-len "${PREFILL_N:-4096,16384}" --head-dim 128 --variants '' \
                --out "$OUT/prefill.json" ;;
