@@ -30,11 +30,12 @@ def _dkdv_kernel(
     qk_scale, sm_scale, window, cap_scale, cap_log2,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, VARLEN: tl.constexpr, INTERPRET: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, GROUP_SPLIT: tl.constexpr,
 ):
     # One program owns BLOCK_N keys of one KV head and streams every query of every query head
     # in that head's GQA group past them: dK and dV come out summed over the group, with no
-    # atomics and no repeated K/V.
+    # atomics and no repeated K/V. GROUP_SPLIT > 1 (grid axis 2) splits the group's heads
+    # over that many programs, for more programs at small batch (_group_split).
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     batch = pid_bh // kv_heads
@@ -57,10 +58,19 @@ def _dkdv_kernel(
     # Query blocks that see none of this block's keys (before the diagonal, past the window)
     # are skipped.
     lo, hi = _query_range(start_n, seq_len, diag, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
+    g_lo = 0
+    g_hi = group
+    out_head = kv_head
+    if GROUP_SPLIT > 1:
+        # Program z takes heads [z, z + 1) · group / GROUP_SPLIT of the group and stores its
+        # fp32 partial sums as head z · kv_heads + kv_head of a scratch the host sums over z.
+        g_lo = tl.program_id(2) * (group // GROUP_SPLIT)
+        g_hi = g_lo + group // GROUP_SPLIT
+        out_head = tl.program_id(2) * kv_heads + kv_head
     # The interpreter's scalars are numpy arrays that range() rejects: while loops there.
     if INTERPRET:
-        g = 0
-        while g < group:
+        g = g_lo
+        while g < g_hi:
             head = kv_head * group + g
             row = _lse_row(batch * num_heads + head, head, tok, seq_len, total, VARLEN)
             start_m = lo
@@ -72,7 +82,7 @@ def _dkdv_kernel(
                 start_m += BLOCK_M
             g += 1
     else:
-        for g in range(0, group):
+        for g in range(g_lo, g_hi):
             head = kv_head * group + g
             row = _lse_row(batch * num_heads + head, head, tok, seq_len, total, VARLEN)
             for start_m in range(lo, hi, BLOCK_M):
@@ -80,9 +90,9 @@ def _dkdv_kernel(
                                     tok, start_m, offs_n, seq_len, kv_len, diag, window, qk_scale,
                                     cap_scale, cap_log2, BLOCK_M, BLOCK_D, CAUSAL, WINDOW, SOFTCAP,
                                     INTERPRET, DOT_PRECISION)
-    _store_tile(desc_dk, Dk, dk * sm_scale, dbatch, kv_head, tok, start_n, seq_len, stride_tok,
+    _store_tile(desc_dk, Dk, dk * sm_scale, dbatch, out_head, tok, start_n, seq_len, stride_tok,
                 stride_head, head_dim, BLOCK_N, BLOCK_D, VARLEN)
-    _store_tile(desc_dv, Dv, dv, dbatch, kv_head, tok, start_n, seq_len, stride_tok,
+    _store_tile(desc_dv, Dv, dv, dbatch, out_head, tok, start_n, seq_len, stride_tok,
                 stride_head, head_dim, BLOCK_N, BLOCK_D, VARLEN)
 
 
@@ -226,6 +236,64 @@ def _config(head_dim: int, dtype: torch.dtype, interpret: bool) -> BackwardConfi
     return BackwardConfig(32, 128, 128, 64, 8, 3)
 
 
+def _group_split(programs: int, group: int, sms: int, causal: bool) -> int:
+    """How many dK/dV programs share one KV head's GQA group (GROUP_SPLIT): 1 unless more
+    programs fill the SMs clearly better. ``programs`` is the unsplit grid's size.
+
+    A dK/dV program holds a whole SM (230+ registers a thread at 8 warps: one per SM), so the
+    grid runs in waves of ``sms`` programs. A split costs traffic, not FLOPs: each program
+    writes fp32 partial dK and dV (s copies, summed on the host) and loads its K and V block
+    (s times). So:
+    - two waves or more: the SMs are already kept busy (a causal grid's short programs fill
+      the gaps the long ones leave): 1.
+    - full mask: programs do equal work and a wave ends when its programs do; s splits make
+      s times the programs, each 1/s as long: time ~ ceil(programs·s / sms) / s. Taken only
+      under one wave, for the best s, ties to the smaller, if at least 1/4 faster (what the
+      partials cost is not in the model). 128 programs on 132 SMs are a 97%-full wave: time
+      1 at every s, so 1; 64 programs: 2 (one full wave of half-length programs).
+    - causal: a program's work is the queries that see its keys, from all of them (first
+      key block) to one block's worth (last), so a wave lasts as long as its longest program
+      while the SMs holding short ones idle. Under two waves: the smallest s with
+      programs·s >= 2·sms (at least two waves of programs at most 1/s as long, for the
+      scheduler to even out), else the whole group. B=1, 8 KV heads, N=2048 (128 programs):
+      4; N=4096 (256): 2.
+    """
+    if group == 1 or programs >= 2 * sms:
+        return 1
+    divisors = [s for s in range(1, group + 1) if group % s == 0]
+    if causal:
+        return next((s for s in divisors if programs * s >= 2 * sms), group)
+    if programs >= sms:
+        return 1
+    time = {s: -(-programs * s // sms) / s for s in divisors}
+    best = min(divisors, key=lambda s: (time[s], s))
+    return best if time[best] <= 0.75 else 1
+
+
+def _split_count(group_split: int | None, group: int, programs: int, causal: bool,
+                 device: torch.device, interpret: bool) -> int:
+    """group_split checked, or the chooser's pick for this device (1 off CUDA)."""
+    if group_split is not None:
+        if isinstance(group_split, bool) or not isinstance(group_split, int) \
+                or group_split < 1 or group % group_split:
+            raise ValueError(f"group_split {group_split!r} must be a positive divisor of the "
+                             f"GQA group size {group} (heads / kv_heads)")
+        return group_split
+    if interpret or device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return _group_split(programs, group, sms, causal)
+
+
+def _partials(t: torch.Tensor, split: int) -> torch.Tensor:
+    """fp32 scratch for ``split`` partial sums of K-shaped t ((B, Hkv, Nk, D) or packed
+    (T, Hkv, D)): the head axis split·Hkv wide, split-major, so that program z's partial of
+    KV head h is head z·Hkv + h and the ragged edge stores keep working."""
+    shape = list(t.shape)
+    shape[1] *= split
+    return torch.empty(shape, dtype=torch.float32, device=t.device)
+
+
 class _Problem(NamedTuple):
     """The shape of one backward call, dense or ragged, as the kernels take it."""
 
@@ -296,6 +364,7 @@ def attention_backward(
     dout: torch.Tensor, *, causal: bool, scale: float, config: BackwardConfig | None = None,
     fp32_precision: str = "tf32", window: int | None = None, softcap: float | None = None,
     cu_seqlens: torch.Tensor | None = None, max_seqlen: int | None = None,
+    group_split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv) of attention_forward, from its saved output and LSE, in the
     inputs' layout; fp32 inputs multiplied as ``fp32_precision`` says ("tf32" or "ieee",
@@ -311,39 +380,52 @@ def attention_backward(
     ``window``: query i sees keys i' - window .. i' (i' = i + Nk - N, the causal diagonal
     aligned to the end); needs causal. ``softcap``: scores s = scale·q·kᵀ capped as
     c·tanh(s / c) before masking and softmax.
+
+    ``group_split``: how many dK/dV programs share a KV head's query heads, each summing
+    its share into an fp32 partial that the host adds up; a divisor of heads / kv_heads
+    (ValueError otherwise); None: _group_split's pick for the device (1 off CUDA).
     """
     problem = _problem(q, k, v, out, lse, dout, causal, window, softcap, cu_seqlens, max_seqlen)
     ragged = cu_seqlens is not None
     head_dim = q.shape[-1]
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     cfg = config or _config(head_dim, q.dtype, interpret)
+    group = problem.heads // problem.kv_heads
+    dkdv_grid = (triton.cdiv(problem.kv_len, cfg.dkdv_block_n), problem.batch * problem.kv_heads)
+    split = _split_count(group_split, group, dkdv_grid[0] * dkdv_grid[1], causal, q.device,
+                         interpret)
     block_d = triton.next_power_of_2(head_dim)
     # delta_i = rowsum(dO_i * O_i) = rowsum(P_i * dP_i): the softmax's backward term, once,
     # in the LSE's layout ((1, H, T) is ragged's (H, T)).
     delta = _delta(_heads_view(out, ragged), _heads_view(dout, ragged), interpret)
     lse = lse.contiguous()
-    dq, dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk, dv = (torch.empty_like(t, memory_format=torch.contiguous_format) if split == 1
+              else _partials(t, split) for t in (k, v))
     q4, k4, v4, do4 = (_tma_ready(_heads_view(t, ragged)) for t in (q, k, v, dout))
     dq4, dk4, dv4 = (_heads_view(t, ragged) for t in (dq, dk, dv))
 
     def desc(t: torch.Tensor, rows: int) -> TensorDescriptor:
         return TensorDescriptor.from_tensor(t, [1, 1, rows, block_d])
 
-    common = dict(Lse=lse, Delta=delta, group=problem.heads // problem.kv_heads,
+    common = dict(Lse=lse, Delta=delta, group=group,
                   seq_len=problem.seq_len, kv_len=problem.kv_len, qk_scale=scale * _LOG2E,
                   sm_scale=scale, BLOCK_D=block_d, CAUSAL=causal, WINDOW=window is not None,
                   SOFTCAP=softcap is not None, VARLEN=ragged, INTERPRET=interpret,
                   DOT_PRECISION=dot_precision(q.dtype, fp32_precision),
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     bm, bn = cfg.dkdv_block_m, cfg.dkdv_block_n
-    _dkdv_kernel[(triton.cdiv(problem.kv_len, bn), problem.batch * problem.kv_heads)](
+    _dkdv_kernel[(*dkdv_grid, split)](
         desc(q4, bm), desc(k4, bn), desc(v4, bn), desc(do4, bm), desc(dk4, bn), desc(dv4, bn),
         Dk=dk if ragged else None, Dv=dv if ragged else None, num_heads=problem.heads,
-        kv_heads=problem.kv_heads, BLOCK_M=bm, BLOCK_N=bn,
+        kv_heads=problem.kv_heads, BLOCK_M=bm, BLOCK_N=bn, GROUP_SPLIT=split,
         **_feature_args(problem, dk, head_dim, scale, window, softcap), **common)
     bm, bn = cfg.dq_block_m, cfg.dq_block_n
     _dq_kernel[(triton.cdiv(problem.seq_len, bm), problem.batch * problem.heads)](
         desc(q4, bm), desc(k4, bn), desc(v4, bn), desc(do4, bm), desc(dq4, bm),
         Dq=dq if ragged else None, num_heads=problem.heads, BLOCK_M=bm, BLOCK_N=bn,
         **_feature_args(problem, dq, head_dim, scale, window, softcap), **common)
+    if split > 1:
+        # The partials summed in fp32, rounded once.
+        dk, dv = (p.unflatten(1, (split, -1)).sum(1).to(t.dtype) for p, t in ((dk, k), (dv, v)))
     return dq, dk, dv

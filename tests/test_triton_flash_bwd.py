@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flashbench.kernels import triton_flash_bwd
-from flashbench.kernels.triton_flash import attention
+from flashbench.kernels.triton_flash import attention, attention_forward
 from kernel_inputs import LaunchSpy
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -83,6 +83,66 @@ def test_gpu_gradients_within_twice_sdpa(hkv, n, d, dtype, causal):
         err = ((a.cpu().double() - r).norm() / r.norm()).item()
         sdpa_err = ((b_.cpu().double() - r).norm() / r.norm()).item()
         assert err <= 2 * sdpa_err + 1e-4, f"d{name}: {err:.2e} vs SDPA {sdpa_err:.2e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(INTERPRET, reason="checks the compiled kernel, not the interpreter")
+@pytest.mark.parametrize("split", [2, 4])
+def test_gpu_group_split_gradients_within_twice_sdpa(split):
+    # Batch 1, GQA 16/2: the shape class the split is for, its fp32 partials summed on the host.
+    gen = torch.Generator().manual_seed(split)
+    q, k, v = (torch.randn(1, hh, 1024, 128, generator=gen).to("cuda", BF16).requires_grad_()
+               for hh in (16, 2, 2))
+    dout = torch.randn(1, 16, 1024, 128, generator=gen).to("cuda", BF16)
+    scale = 1 / math.sqrt(128)
+    ref = reference(q, k, v, dout, causal=True, scale=scale)
+    plain = [t.detach() for t in (q, k, v)]
+    out, lse = attention_forward(*plain, causal=True, scale=scale)
+    ours = triton_flash_bwd.attention_backward(*plain, out, lse, dout, causal=True, scale=scale,
+                                               group_split=split)
+    sdpa_out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                scale=scale, enable_gqa=True)
+    theirs = torch.autograd.grad(sdpa_out, (q, k, v), dout)
+    for name, a, b_, r in zip("qkv", ours, theirs, ref):
+        err = ((a.cpu().double() - r).norm() / r.norm()).item()
+        sdpa_err = ((b_.cpu().double() - r).norm() / r.norm()).item()
+        assert err <= 2 * sdpa_err + 1e-4, f"d{name}: {err:.2e} vs SDPA {sdpa_err:.2e}"
+
+
+# (programs, group, SMs, causal) -> split, on an H200's 132 SMs; B=1, 8 KV heads, 128-key
+# blocks: N=2048 is 128 programs, 4096 is 256, 8192 is 512.
+@pytest.mark.parametrize(("programs", "group", "causal", "split"), [
+    pytest.param(128, 8, False, 1, id="full-2048-a-97%-wave"),
+    pytest.param(128, 8, True, 4, id="causal-2048"),
+    pytest.param(256, 8, True, 2, id="causal-4096"),
+    pytest.param(256, 8, False, 1, id="full-4096"),
+    pytest.param(512, 8, True, 1, id="causal-8192-four-waves"),
+    pytest.param(264, 8, True, 1, id="causal-two-waves"),
+    pytest.param(64, 8, False, 2, id="full-1024-half-a-wave"),
+    pytest.param(100, 8, False, 1, id="full-no-quarter-gained"),
+    pytest.param(16, 8, True, 8, id="causal-whole-group"),
+    pytest.param(16, 1, True, 1, id="mha"),
+    pytest.param(64, 1, False, 1, id="mha-full"),
+    pytest.param(140, 4, False, 1, id="full-over-a-wave"),
+])
+def test_group_split_chooser(programs, group, causal, split):
+    assert triton_flash_bwd._group_split(programs, group, 132, causal) == split
+
+
+def test_group_split_is_1_off_cuda_unless_forced():
+    cpu = torch.device("cpu")
+    assert triton_flash_bwd._split_count(None, 8, 16, True, cpu, True) == 1
+    assert triton_flash_bwd._split_count(4, 8, 16, True, cpu, True) == 4
+
+
+@pytest.mark.parametrize("split", [0, -2, 3, 8, True, 2.0])
+def test_group_split_must_divide_the_group(split):
+    q = torch.randn(1, 4, 20, 32, device=DEVICE)
+    k = torch.randn(1, 1, 20, 32, device=DEVICE)
+    lse = torch.zeros(1, 4, 20, device=DEVICE)
+    with pytest.raises(ValueError, match="group_split .* divisor of the GQA group size 4"):
+        triton_flash_bwd.attention_backward(q, k, k, q, lse, q, causal=True, scale=0.2,
+                                            group_split=split)
 
 
 @pytest.mark.parametrize(("dtype", "setting", "launched"), [(F32, "ieee", "ieee"),

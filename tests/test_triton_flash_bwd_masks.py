@@ -52,7 +52,8 @@ def ragged_forward(q, k, v, lens, **mask):
     return out, lse
 
 
-def run_backward(q, k, v, dout, *, causal, window=None, softcap=None, lens=None):
+def run_backward(q, k, v, dout, *, causal, window=None, softcap=None, lens=None,
+                 group_split=None):
     """(ours, float64 reference) gradients for dense inputs, or packed ones when ``lens``."""
     scale = 1 / math.sqrt(q.shape[-1])
     mask = dict(causal=causal, scale=scale, window=window, softcap=softcap)
@@ -66,7 +67,8 @@ def run_backward(q, k, v, dout, *, causal, window=None, softcap=None, lens=None)
         ragged = dict(cu_seqlens=offsets.to(q.device), max_seqlen=max(lens))
         inputs = AttentionInputs(q, k, v, **mask, layout="ragged", seq_lens=tuple(lens),
                                  **ragged)
-    ours = attention_backward(q, k, v, out.to(q.dtype), lse.float(), dout, **mask, **ragged)
+    ours = attention_backward(q, k, v, out.to(q.dtype), lse.float(), dout, **mask, **ragged,
+                              group_split=group_split)
     return ours, reference_input_gradients(inputs, dout, torch.float64)
 
 
@@ -223,6 +225,46 @@ def test_ragged_lse_layout_is_checked():
     with pytest.raises(ValueError, match=r"lse must be float32 \(2, 14\)"):
         attention_backward(q, k, v, q, torch.zeros(1, 2, 14, device=DEVICE), dout, causal=True,
                            scale=0.2, cu_seqlens=offsets, max_seqlen=9)
+
+
+# The GQA group's query heads split over 2, 4 or 8 dK/dV programs, each storing fp32 partials
+# that the host sums: against autograd, and against the unsplit kernel (dQ untouched, dK and
+# dV the same sums in another order).
+@pytest.mark.parametrize(("split", "h", "hkv", "causal", "window", "softcap", "lens", "dtype"), [
+    pytest.param(2, 8, 2, True, None, None, None, F32, id="causal-split2"),
+    pytest.param(4, 8, 2, False, None, None, None, F32, id="full-split4"),
+    pytest.param(8, 8, 1, True, None, None, None, F32, id="causal-mqa-split8"),
+    pytest.param(4, 8, 1, True, 9, None, None, F32, id="window-group8-split4"),
+    pytest.param(2, 4, 1, False, None, 3.0, None, F32, id="softcap-split2"),
+    pytest.param(4, 8, 2, True, None, None, None, F16, id="fp16-split4"),
+    pytest.param(2, 8, 2, True, None, None, (1, 37, 40, 16), F32, id="ragged-split2"),
+    pytest.param(4, 8, 2, True, 20, 3.0, (45, 1, 33), F32, id="ragged-window-softcap-split4"),
+])
+def test_group_split_gradients_match_autograd_and_unsplit(split, h, hkv, causal, window,
+                                                          softcap, lens, dtype):
+    std = math.sqrt(5) if softcap else 1.0
+    q, k, v, dout = (dense(1, h, hkv, 37, 45, 32, dtype, std=std) if lens is None
+                     else packed(lens, h, hkv, 32, dtype, std=std))
+    mask = dict(causal=causal, window=window, softcap=softcap, lens=lens)
+    ours, want = run_backward(q, k, v, dout, **mask, group_split=split)
+    assert_close(ours, want, dtype)
+    unsplit, _ = run_backward(q, k, v, dout, **mask, group_split=1)
+    assert torch.equal(ours[0], unsplit[0])
+    for got, ref in zip(ours[1:], unsplit[1:]):
+        assert got.is_contiguous() and got.shape == ref.shape
+        # The same fp32 sums added in another order, then rounded to the dtype: a few ulps.
+        ulp = torch.finfo(dtype).eps * ref.abs().max().item()
+        assert (got - ref).abs().max().item() <= 8 * ulp
+
+
+def test_group_split_reaches_the_kernel_as_a_constexpr(monkeypatch):
+    spy = LaunchSpy(triton_flash_bwd._dkdv_kernel)
+    monkeypatch.setattr(triton_flash_bwd, "_dkdv_kernel", spy)
+    q, k, v, dout = dense(1, 4, 1, 20, 20, 32, F32)
+    for split in (None, 1, 4):
+        run_backward(q, k, v, dout, causal=True, group_split=split)
+    # None off CUDA is 1: the unsplit kernel, its direct stores.
+    assert [launch["GROUP_SPLIT"] for launch in spy.launches] == [1, 1, 4]
 
 
 @triton.jit
