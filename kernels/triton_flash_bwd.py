@@ -34,13 +34,29 @@ def _dkdv_kernel(
 ):
     # One program owns BLOCK_N keys of one KV head and streams every query of every query head
     # in that head's GQA group past them: dK and dV come out summed over the group, with no
-    # atomics and no repeated K/V. GROUP_SPLIT > 1 (grid axis 2) splits the group's heads
-    # over that many programs, for more programs at small batch (_group_split).
-    pid_n = tl.program_id(0)
+    # atomics and no repeated K/V. GROUP_SPLIT > 1 splits the group's heads over that many
+    # programs, for more programs at small batch (_group_split).
+    if GROUP_SPLIT > 1:
+        # The split on the fastest grid axis and the key block on the slowest: programs are
+        # dispatched in order, so every head's first key blocks (a causal mask's longest
+        # programs: every query sees them) start first and shorter ones fill in behind.
+        pid_n = tl.program_id(2)
+    else:
+        pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     batch = pid_bh // kv_heads
     kv_head = pid_bh % kv_heads
     start_n = pid_n * BLOCK_N
+    # This program's share of the group's heads, and the head its dK and dV go to: split,
+    # program z (grid axis 0) takes heads [z, z + 1) · group / GROUP_SPLIT and stores fp32
+    # partial sums as head z · kv_heads + kv_head of a scratch that the host sums over z.
+    g_lo = 0
+    g_hi = group
+    out_head = kv_head
+    if GROUP_SPLIT > 1:
+        g_lo = tl.program_id(0) * (group // GROUP_SPLIT)
+        g_hi = g_lo + group // GROUP_SPLIT
+        out_head = tl.program_id(0) * kv_heads + kv_head
     # Ragged: the grid covers the longest sequence; indices below are within the sequence,
     # which starts at token ``tok`` of the packed tensors (descriptors over (1, H, T, D)).
     tok, seq_len = _sequence(CuSeqlens, batch, seq_len, VARLEN)
@@ -58,15 +74,6 @@ def _dkdv_kernel(
     # Query blocks that see none of this block's keys (before the diagonal, past the window)
     # are skipped.
     lo, hi = _query_range(start_n, seq_len, diag, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
-    g_lo = 0
-    g_hi = group
-    out_head = kv_head
-    if GROUP_SPLIT > 1:
-        # Program z takes heads [z, z + 1) · group / GROUP_SPLIT of the group and stores its
-        # fp32 partial sums as head z · kv_heads + kv_head of a scratch the host sums over z.
-        g_lo = tl.program_id(2) * (group // GROUP_SPLIT)
-        g_hi = g_lo + group // GROUP_SPLIT
-        out_head = tl.program_id(2) * kv_heads + kv_head
     # The interpreter's scalars are numpy arrays that range() rejects: while loops there.
     if INTERPRET:
         g = g_lo
@@ -254,9 +261,9 @@ def _group_split(programs: int, group: int, sms: int, causal: bool) -> int:
     - causal: a program's work is the queries that see its keys, from all of them (first
       key block) to one block's worth (last), so a wave lasts as long as its longest program
       while the SMs holding short ones idle. Under two waves: the smallest s with
-      programs·s >= 2·sms (at least two waves of programs at most 1/s as long, for the
-      scheduler to even out), else the whole group. B=1, 8 KV heads, N=2048 (128 programs):
-      4; N=4096 (256): 2.
+      programs·s >= 2·sms (at least two waves of programs at most 1/s as long, launched
+      longest first, for the scheduler to even out), else the whole group. B=1, 8 KV heads,
+      N=2048 (128 programs): 4; N=4096 (256): 2.
     """
     if group == 1 or programs >= 2 * sms:
         return 1
@@ -415,7 +422,7 @@ def attention_backward(
                   DOT_PRECISION=dot_precision(q.dtype, fp32_precision),
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     bm, bn = cfg.dkdv_block_m, cfg.dkdv_block_n
-    _dkdv_kernel[(*dkdv_grid, split)](
+    _dkdv_kernel[dkdv_grid if split == 1 else (split, dkdv_grid[1], dkdv_grid[0])](
         desc(q4, bm), desc(k4, bn), desc(v4, bn), desc(do4, bm), desc(dk4, bn), desc(dv4, bn),
         Dk=dk if ragged else None, Dv=dv if ragged else None, num_heads=problem.heads,
         kv_heads=problem.kv_heads, BLOCK_M=bm, BLOCK_N=bn, GROUP_SPLIT=split,
