@@ -251,8 +251,9 @@ def _group_split(programs: int, group: int, sms: int, causal: bool) -> int:
     grid runs in waves of ``sms`` programs. A split costs traffic, not FLOPs: each program
     writes fp32 partial dK and dV (s copies, summed on the host) and loads its K and V block
     (s times). So:
-    - two waves or more: the SMs are already kept busy (a causal grid's short programs fill
-      the gaps the long ones leave): 1.
+    - two waves or more: the SMs are kept busy (a causal grid's short programs fill the gaps
+      the long ones leave; what is still lost there is the unsplit grid's launch order, not
+      a lack of programs: kernels/NOTES.md, b3): 1.
     - full mask: programs do equal work and a wave ends when its programs do; s splits make
       s times the programs, each 1/s as long: time ~ ceil(programs·s / sms) / s. Taken only
       under one wave, for the best s, ties to the smaller, if at least 1/4 faster (what the
