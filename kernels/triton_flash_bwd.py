@@ -204,8 +204,10 @@ class BackwardConfig(NamedTuple):
     dq_block_n: int
     num_warps: int
     num_stages: int
-    # dQ accumulated in the dK/dV pass with fp32 atomics (triton_flash_bwd_fused), with the
-    # dK/dV tiles; the dq_* fields are then unused.
+    # dQ accumulated in the dK/dV pass with fp32 atomics (triton_flash_bwd_fused), on the
+    # dK/dV tiles (the dq_* fields unused). The bf16/fp16 default, 32x128, 8 warps, 3 stages,
+    # compiles for sm_90 at D=128 to 236 registers and no spills (scripts/inspect_bwd.py; 64
+    # queries a step spill): its speed is unmeasured (kernels/NOTES.md, b4).
     fused_dq: bool = False
 
 
