@@ -304,14 +304,14 @@ def attention_backward(
     (H, T), each head's row contiguous; each sequence attends within itself. lse is the
     natural-log log-sum-exp of each query's scaled, capped, masked scores.
 
-    ``window``: query i sees keys i' - window .. i' (i' = i + Nk - N, the causal diagonal
-    aligned to the end); needs causal. ``softcap``: scores s = scale·q·kᵀ capped as
-    c·tanh(s / c) before masking and softmax.
-
     ``config.fused_dq``, or the environment variable ``FLASHBENCH_TRITON_BWD=fused`` (which
     turns it on whatever the config says, for A/B sweeps without code changes): one kernel
     that adds dQ into an fp32 accumulator with atomics as it computes dK and dV (5 matrix
     products per tile pair instead of 7), instead of the dK/dV and dQ kernels.
+
+    ``window``: query i sees keys i' - window .. i' (i' = i + Nk - N, the causal diagonal
+    aligned to the end); needs causal. ``softcap``: scores s = scale·q·kᵀ capped as
+    c·tanh(s / c) before masking and softmax.
     """
     problem = _problem(q, k, v, out, lse, dout, causal, window, softcap, cu_seqlens, max_seqlen)
     ragged = cu_seqlens is not None
