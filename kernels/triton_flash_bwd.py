@@ -12,8 +12,10 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from flashbench.kernels.triton_flash import _load_tile, _tma_ready, dot_precision
-from flashbench.kernels.triton_flash_bwd_tiles import (_dscores, _key_range, _lse_row, _probs,
-                                                     _query_range, _sequence, _store_tile)
+from flashbench.kernels.triton_flash_bwd_tiles import (_dkdv_step, _dscores, _key_range, _lse_row,
+                                                     _probs, _query_range, _sequence,
+                                                     _store_tile)
+from flashbench.kernels.triton_flash_bwd_fused import _dkdvdq_kernel
 
 __all__ = ["FEATURES", "BackwardConfig", "attention_backward"]
 
@@ -109,23 +111,12 @@ def _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row, tok
                BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, INTERPRET: tl.constexpr,
                DOT_PRECISION: tl.constexpr):
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    # Ragged: rows past the sequence's end are the next sequence's (or zeros past the packed
-    # tensor's end); their infinite LSE makes their P, and so their share of dK and dV, 0.
-    q = _load_tile(desc_q, dbatch, head, tok + start_m, BLOCK_M, BLOCK_D, INTERPRET)
-    do = _load_tile(desc_do, dbatch, head, tok + start_m, BLOCK_M, BLOCK_D, INTERPRET)
-    # Rows past the end get an infinite LSE, so their recomputed probabilities are exactly 0.
-    lse = tl.load(Lse + row + offs_m, mask=offs_m < seq_len, other=float("inf"))
-    delta = tl.load(Delta + row + offs_m, mask=offs_m < seq_len, other=0.0)
-    # Work on the transposed tile (keys down, queries across) so dK and dV accumulate without
-    # transposing P or dS.
-    qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
-    p_t, t_t = _probs(qk_t, lse, offs_m, offs_n, kv_len, diag, window, qk_scale, cap_scale,
-                      cap_log2, CAUSAL, WINDOW, SOFTCAP, TRANSPOSED=True)
-    dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    ds_t = _dscores(p_t, dp_t, delta[None, :], t_t, SOFTCAP)
-    dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    # The tile's work is shared with the fused kernel (triton_flash_bwd_fused), which also
+    # takes dSᵀ for dQ.
+    dk, dv, _ = _dkdv_step(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row, tok,
+                           start_m, offs_n, seq_len, kv_len, diag, window, qk_scale, cap_scale,
+                           cap_log2, BLOCK_M, BLOCK_D, CAUSAL, WINDOW, SOFTCAP, INTERPRET,
+                           DOT_PRECISION)
     return dk, dv
 
 
@@ -230,6 +221,11 @@ class BackwardConfig(NamedTuple):
     dq_block_n: int
     num_warps: int
     num_stages: int
+    # dQ accumulated in the dK/dV pass with fp32 atomics (triton_flash_bwd_fused), on the
+    # dK/dV tiles (the dq_* fields unused). The bf16/fp16 default, 32x128, 8 warps, 3 stages,
+    # compiles for sm_90 at D=128 to 236 registers and no spills (scripts/inspect_bwd.py; 64
+    # queries a step spill): its speed is unmeasured (kernels/NOTES.md, b4).
+    fused_dq: bool = False
 
 
 def _config(head_dim: int, dtype: torch.dtype, interpret: bool) -> BackwardConfig:
@@ -385,13 +381,19 @@ def attention_backward(
     (H, T), each head's row contiguous; each sequence attends within itself. lse is the
     natural-log log-sum-exp of each query's scaled, capped, masked scores.
 
+    ``config.fused_dq``, or the environment variable ``FLASHBENCH_TRITON_BWD=fused`` (which
+    turns it on whatever the config says, for A/B sweeps without code changes): one kernel
+    that adds dQ into an fp32 accumulator with atomics as it computes dK and dV (5 matrix
+    products per tile pair instead of 7), instead of the dK/dV and dQ kernels.
+
     ``window``: query i sees keys i' - window .. i' (i' = i + Nk - N, the causal diagonal
     aligned to the end); needs causal. ``softcap``: scores s = scale·q·kᵀ capped as
     c·tanh(s / c) before masking and softmax.
 
     ``group_split``: how many dK/dV programs share a KV head's query heads, each summing
     its share into an fp32 partial that the host adds up; a divisor of heads / kv_heads
-    (ValueError otherwise); None: _group_split's pick for the device (1 off CUDA).
+    (ValueError otherwise); None: _group_split's pick for the device (1 off CUDA). The fused
+    kernel does not split (it runs with 1 whatever is asked).
     """
     problem = _problem(q, k, v, out, lse, dout, causal, window, softcap, cu_seqlens, max_seqlen)
     ragged = cu_seqlens is not None
@@ -402,6 +404,9 @@ def attention_backward(
     dkdv_grid = (triton.cdiv(problem.kv_len, cfg.dkdv_block_n), problem.batch * problem.kv_heads)
     split = _split_count(group_split, group, dkdv_grid[0] * dkdv_grid[1], causal, q.device,
                          interpret)
+    fused = cfg.fused_dq or os.environ.get("FLASHBENCH_TRITON_BWD") == "fused"
+    if fused:
+        split = 1  # the fused kernel stores dK/dV directly: it has no partials to sum
     block_d = triton.next_power_of_2(head_dim)
     # delta_i = rowsum(dO_i * O_i) = rowsum(P_i * dP_i): the softmax's backward term, once,
     # in the LSE's layout ((1, H, T) is ragged's (H, T)).
@@ -422,6 +427,17 @@ def attention_backward(
                   SOFTCAP=softcap is not None, VARLEN=ragged, INTERPRET=interpret,
                   DOT_PRECISION=dot_precision(q.dtype, fp32_precision),
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if fused:
+        acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # contiguous
+        stride_qb, stride_qh, stride_qm, _ = _heads_view(acc, ragged).stride()
+        bm, bn = cfg.dkdv_block_m, cfg.dkdv_block_n
+        _dkdvdq_kernel[(triton.cdiv(problem.kv_len, bn), problem.batch * problem.kv_heads)](
+            desc(q4, bm), desc(k4, bn), desc(v4, bn), desc(do4, bm), desc(dk4, bn),
+            desc(dv4, bn), Dk=dk if ragged else None, Dv=dv if ragged else None, DqAcc=acc,
+            num_heads=problem.heads, kv_heads=problem.kv_heads, stride_qb=stride_qb,
+            stride_qh=stride_qh, stride_qm=stride_qm, q_dim=head_dim, BLOCK_M=bm, BLOCK_N=bn,
+            **_feature_args(problem, dk, head_dim, scale, window, softcap), **common)
+        return dq.copy_(acc), dk, dv
     bm, bn = cfg.dkdv_block_m, cfg.dkdv_block_n
     _dkdv_kernel[dkdv_grid if split == 1 else (split, dkdv_grid[1], dkdv_grid[0])](
         desc(q4, bm), desc(k4, bn), desc(v4, bn), desc(do4, bm), desc(dk4, bn), desc(dv4, bn),

@@ -1,12 +1,14 @@
-"""The tile-level pieces of the Triton backward (triton_flash_bwd): which tiles a sliding window
-and the causal diagonal leave to visit, P and dS recomputed with or without a softcap, a tanh
-that works on the GPU and under the interpreter, and a ragged batch's bookkeeping and edge
-stores."""
+"""The tile-level pieces of the Triton backward (triton_flash_bwd, triton_flash_bwd_fused): which
+tiles a sliding window and the causal diagonal leave to visit, P and dS recomputed with or without
+a softcap, a tanh that works on the GPU and under the interpreter, a ragged batch's bookkeeping
+and edge stores, and one query tile's step of the dK/dV pass."""
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from flashbench.kernels.triton_flash_tiles import load_tile as _load_tile
 
 # Every feature is a constexpr (WINDOW, SOFTCAP, VARLEN) whose off branch is the dense kernel's
 # own code, and whose runtime arguments are None when it is off: the dense launches compile to
@@ -134,3 +136,32 @@ def _store_tile(desc, ptr, tile, dbatch, head, tok, start, seq_len, stride_tok, 
     else:
         # The descriptor clips the store to this head's rows and the real head dim.
         desc.store([dbatch, head, tok + start, 0], tile.reshape(1, 1, ROWS, BLOCK_D))
+
+
+@triton.jit
+def _dkdv_step(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row, tok, start_m,
+               offs_n, seq_len, kv_len, diag, window, qk_scale, cap_scale, cap_log2,
+               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+               WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, INTERPRET: tl.constexpr,
+               DOT_PRECISION: tl.constexpr):
+    """One query tile streamed past a dK/dV program's keys: (dk, dv) with the tile's share
+    added, and the tile's dSᵀ (keys down, queries across; unscaled), which the fused kernel
+    turns into the tile's share of dQ."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    # Ragged: rows past the sequence's end are the next sequence's (or zeros past the packed
+    # tensor's end); their infinite LSE makes their P, and so their share of dK and dV, 0.
+    q = _load_tile(desc_q, dbatch, head, tok + start_m, BLOCK_M, BLOCK_D, INTERPRET)
+    do = _load_tile(desc_do, dbatch, head, tok + start_m, BLOCK_M, BLOCK_D, INTERPRET)
+    # Rows past the end get an infinite LSE, so their recomputed probabilities are exactly 0.
+    lse = tl.load(Lse + row + offs_m, mask=offs_m < seq_len, other=float("inf"))
+    delta = tl.load(Delta + row + offs_m, mask=offs_m < seq_len, other=0.0)
+    # Work on the transposed tile (keys down, queries across) so dK and dV accumulate without
+    # transposing P or dS.
+    qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)
+    p_t, t_t = _probs(qk_t, lse, offs_m, offs_n, kv_len, diag, window, qk_scale, cap_scale,
+                      cap_log2, CAUSAL, WINDOW, SOFTCAP, TRANSPOSED=True)
+    dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    ds_t = _dscores(p_t, dp_t, delta[None, :], t_t, SOFTCAP)
+    dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv, ds_t
