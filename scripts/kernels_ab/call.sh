@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 17's same-process A/B runs on the lent GPU machine, each bounded (SIGINT, then a kill
 # 5 s later: a kernel that hangs the GPU ends only its own step) and logged under $OUT:
-#   probe    scripts/kernels_ab/ws_probe.py: the warp-specialized forward candidates run and
-#            agree (else FLASHBENCH_TRITON_WS=0 for what follows);
+#   probe    scripts/kernels_ab/ws_probe.py with FLASHBENCH_TRITON_WS=1: do the
+#            warp-specialized forward candidates (off by default) run and agree?
 #   prefill  scripts/bench_prefill.py: every forward candidate (warp-specialized ones too),
 #            SDPA cuDNN and flash, B=4 H=32 D=128 bf16 at N=$PREFILL_N;
 #   decode   scripts/bench_decode_ab.py: two launches, fused, fused+tuned, cuDNN;
-#   bwd      scripts/bench_bwd_gqa.py (when present): GQA backward at batch 1, group splits;
+#   bwd      scripts/bench_bwd_gqa.py: GQA backward at batch 1, group splits;
+#   fused    scripts/bench_bwd_fused.py: the 5-product backward against the two kernels, cuDNN;
 #   tests    pytest -m gpu on $TESTS.
 # Usage (repository root): STEPS="prefill decode tests" TESTS="tests/x.py" bash scripts/kernels_ab/call.sh
 set -uo pipefail
@@ -20,20 +21,19 @@ step() {  # step NAME SECONDS COMMAND...
   echo "exit $rc ($(date -u +%T))" | tee -a "$log"
   tail -n 25 "$OUT/$name.log"
 }
-for s in ${STEPS:-probe prefill decode bwd tests}; do
+for s in ${STEPS:-prefill decode bwd tests}; do
   case $s in
-    probe) step probe "${PROBE_SECONDS:-60}" python3 scripts/kernels_ab/ws_probe.py
-           # A warp-specialized candidate that disagrees, fails or hangs: the later steps (and
-           # a later deploy/call.sh that finds $OUT/ws_off) run without them.
-           if [[ $rc != 0 ]]; then export FLASHBENCH_TRITON_WS=0; touch "$OUT/ws_off"; fi ;;
+    probe) step probe "${PROBE_SECONDS:-60}" env FLASHBENCH_TRITON_WS=1 \
+             python3 scripts/kernels_ab/ws_probe.py ;;
     prefill) step prefill "${PREFILL_SECONDS:-100}" python3 scripts/bench_prefill.py \
                --seq-len "${PREFILL_N:-4096,16384}" --head-dim 128 --variants '' \
                --out "$OUT/prefill.json" ;;
     decode) step decode "${DECODE_SECONDS:-60}" python3 scripts/bench_decode_ab.py \
               --max-seconds $(( ${DECODE_SECONDS:-60} - 15 )) --out "$OUT/decode_ab.md" ;;
-    bwd) [[ -f scripts/bench_bwd_gqa.py ]] && step bwd "${BWD_SECONDS:-90}" \
-           python3 scripts/bench_bwd_gqa.py --max-seconds $(( ${BWD_SECONDS:-90} - 15 )) \
-           --out "$OUT/bwd_gqa.md" ;;
+    bwd) step bwd "${BWD_SECONDS:-90}" python3 scripts/bench_bwd_gqa.py \
+           --max-seconds $(( ${BWD_SECONDS:-90} - 15 )) --out "$OUT/bwd_gqa.md" ;;
+    fused) step fused "${FUSED_SECONDS:-90}" python3 scripts/bench_bwd_fused.py \
+             --max-seconds $(( ${FUSED_SECONDS:-90} - 15 )) --out "$OUT/bwd_fused.md" ;;
     tests) step tests "${TESTS_SECONDS:-100}" python3 -m pytest -q -m gpu -p no:cacheprovider \
              ${TESTS:-tests} ;;
   esac

@@ -1,10 +1,11 @@
 """On a GPU: do the warp-specialized forward candidates run, agree with the first candidate and
 beat it? Full, causal and windowed attention, B=4 H=32 N=4096 D=128 bf16 (and GQA 32/8), one
 line per candidate: ms (triton.testing.do_bench), TFLOP/s, max |difference| from the first
-candidate; SDPA's cuDNN beside them (full and causal). Exits 1 when a candidate disagrees; a candidate that hangs the GPU hangs this
-script, which is why scripts/kernels_ab/call.sh runs it alone under a time limit first.
+candidate; SDPA's cuDNN beside them (full and causal). Exits 1 when a candidate disagrees; a
+candidate that hangs the GPU hangs this script, which is why scripts/kernels_ab/call.sh runs it
+under a time limit. The candidates are off unless FLASHBENCH_TRITON_WS=1:
 
-    python scripts/kernels_ab/ws_probe.py [--seq-len 4096]
+    FLASHBENCH_TRITON_WS=1 python scripts/kernels_ab/ws_probe.py [--seq-len 4096]
 """
 
 from __future__ import annotations
