@@ -247,26 +247,27 @@ def _group_split(programs: int, group: int, sms: int, causal: bool) -> int:
     grid runs in waves of ``sms`` programs. A split costs traffic, not FLOPs: each program
     writes fp32 partial dK and dV (s copies, summed on the host) and loads its K and V block
     (s times). So:
-    - two waves or more: the SMs are kept busy (a causal grid's short programs fill the gaps
-      the long ones leave; what is still lost there is the unsplit grid's launch order, not
-      a lack of programs: kernels/NOTES.md, b3): 1.
     - full mask: programs do equal work and a wave ends when its programs do; s splits make
       s times the programs, each 1/s as long: time ~ ceil(programs·s / sms) / s. Taken only
       under one wave, for the best s, ties to the smaller, if at least 1/4 faster (what the
       partials cost is not in the model). 128 programs on 132 SMs are a 97%-full wave: time
       1 at every s, so 1; 64 programs: 2 (one full wave of half-length programs).
     - causal: a program's work is the queries that see its keys, from all of them (first
-      key block) to one block's worth (last), so a wave lasts as long as its longest program
-      while the SMs holding short ones idle. Under two waves: the smallest s with
-      programs·s >= 2·sms (at least two waves of programs at most 1/s as long, launched
-      longest first, for the scheduler to even out), else the whole group. B=1, 8 KV heads,
-      N=2048 (128 programs): 4; N=4096 (256): 2.
+      key block) to one block's worth (last). The split grid launches every head's longest
+      programs first, which the scheduler then evens out; measured on the H200 (B=1, 64/8
+      heads, results/reference/h200-kernels-17/bwd_gqa.md) split 2 took the backward from
+      0.51 / 0.54 / 0.61 of cuDNN to 0.74 / 0.72 / 0.70 at 128 / 256 / 512 programs (N 2k /
+      4k / 8k), split 4 and 8 were 2–8% behind 2, and at 1024 programs splits gained
+      nothing. So under four waves: the smallest s >= 2 that makes at least one wave
+      (16 programs: the whole group of 8), else 1.
     """
-    if group == 1 or programs >= 2 * sms:
+    if group == 1:
         return 1
     divisors = [s for s in range(1, group + 1) if group % s == 0]
     if causal:
-        return next((s for s in divisors if programs * s >= 2 * sms), group)
+        if programs >= 4 * sms:
+            return 1
+        return next((s for s in divisors[1:] if programs * s >= sms), group)
     if programs >= sms:
         return 1
     time = {s: -(-programs * s // sms) / s for s in divisors}
