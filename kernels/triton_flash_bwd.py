@@ -15,7 +15,6 @@ from flashbench.kernels.triton_flash import _load_tile, _tma_ready, dot_precisio
 from flashbench.kernels.triton_flash_bwd_tiles import (_dkdv_step, _dscores, _key_range, _lse_row,
                                                      _probs, _query_range, _sequence,
                                                      _store_tile)
-from flashbench.kernels.triton_flash_bwd_fused import _dkdvdq_kernel
 
 __all__ = ["FEATURES", "BackwardConfig", "attention_backward"]
 
@@ -27,17 +26,21 @@ _LOG2E = 1.4426950408889634
 
 @triton.jit
 def _dkdv_kernel(
-    desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, Dk, Dv, Lse, Delta, CuSeqlens,
+    desc_q, desc_k, desc_v, desc_do, desc_dk, desc_dv, Dk, Dv, DqAcc, Lse, Delta, CuSeqlens,
     num_heads, kv_heads, group, seq_len, kv_len, total, stride_tok, stride_head, head_dim,
-    qk_scale, sm_scale, window, cap_scale, cap_log2,
+    stride_qb, stride_qh, stride_qm, q_dim, qk_scale, sm_scale, window, cap_scale, cap_log2,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
     WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, VARLEN: tl.constexpr, INTERPRET: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, GROUP_SPLIT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, GROUP_SPLIT: tl.constexpr, FUSED_DQ: tl.constexpr,
 ):
     # One program owns BLOCK_N keys of one KV head and streams every query of every query head
     # in that head's GQA group past them: dK and dV come out summed over the group, with no
     # atomics and no repeated K/V. GROUP_SPLIT > 1 splits the group's heads over that many
     # programs, for more programs at small batch (_group_split).
+    # FUSED_DQ: the program also turns each tile's dS into that tile's share of dQ and adds it
+    # with fp32 atomics into DqAcc (fp32, q's (batch, head, row) strides stride_qb/qh/qm,
+    # unit-stride dim of q_dim lanes; a ragged batch's rows packed from the start): 5 matrix
+    # products per tile pair instead of the two-kernel path's 7, and no _dq_kernel launch.
     if GROUP_SPLIT > 1:
         # The split on the fastest grid axis and the key block on the slowest: programs are
         # dispatched in order, so every head's first key blocks (a causal mask's longest
@@ -76,6 +79,9 @@ def _dkdv_kernel(
     # Query blocks that see none of this block's keys (before the diagonal, past the window)
     # are skipped.
     lo, hi = _query_range(start_n, seq_len, diag, window, BLOCK_M, BLOCK_N, CAUSAL, WINDOW)
+    dq_batch = DqAcc  # None unless FUSED_DQ
+    if FUSED_DQ and not VARLEN:
+        dq_batch += batch.to(tl.int64) * stride_qb
     # The interpreter's scalars are numpy arrays that range() rejects: while loops there.
     if INTERPRET:
         g = g_lo
@@ -84,10 +90,11 @@ def _dkdv_kernel(
             row = _lse_row(batch * num_heads + head, head, tok, seq_len, total, VARLEN)
             start_m = lo
             while start_m < hi:
-                dk, dv = _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row,
+                dk, dv = _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dq_batch,
+                                    stride_qh, stride_qm, q_dim, sm_scale, dbatch, head, row,
                                     tok, start_m, offs_n, seq_len, kv_len, diag, window, qk_scale,
                                     cap_scale, cap_log2, BLOCK_M, BLOCK_D, CAUSAL, WINDOW, SOFTCAP,
-                                    INTERPRET, DOT_PRECISION)
+                                    INTERPRET, DOT_PRECISION, FUSED_DQ)
                 start_m += BLOCK_M
             g += 1
     else:
@@ -95,10 +102,11 @@ def _dkdv_kernel(
             head = kv_head * group + g
             row = _lse_row(batch * num_heads + head, head, tok, seq_len, total, VARLEN)
             for start_m in range(lo, hi, BLOCK_M):
-                dk, dv = _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row,
+                dk, dv = _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dq_batch,
+                                    stride_qh, stride_qm, q_dim, sm_scale, dbatch, head, row,
                                     tok, start_m, offs_n, seq_len, kv_len, diag, window, qk_scale,
                                     cap_scale, cap_log2, BLOCK_M, BLOCK_D, CAUSAL, WINDOW, SOFTCAP,
-                                    INTERPRET, DOT_PRECISION)
+                                    INTERPRET, DOT_PRECISION, FUSED_DQ)
     _store_tile(desc_dk, Dk, dk * sm_scale, dbatch, out_head, tok, start_n, seq_len, stride_tok,
                 stride_head, head_dim, BLOCK_N, BLOCK_D, VARLEN)
     _store_tile(desc_dv, Dv, dv, dbatch, out_head, tok, start_n, seq_len, stride_tok,
@@ -106,17 +114,28 @@ def _dkdv_kernel(
 
 
 @triton.jit
-def _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row, tok, start_m,
-               offs_n, seq_len, kv_len, diag, window, qk_scale, cap_scale, cap_log2,
-               BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-               WINDOW: tl.constexpr, SOFTCAP: tl.constexpr, INTERPRET: tl.constexpr,
-               DOT_PRECISION: tl.constexpr):
-    # The tile's work is shared with the fused kernel (triton_flash_bwd_fused), which also
-    # takes dSᵀ for dQ.
-    dk, dv, _ = _dkdv_step(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row, tok,
-                           start_m, offs_n, seq_len, kv_len, diag, window, qk_scale, cap_scale,
-                           cap_log2, BLOCK_M, BLOCK_D, CAUSAL, WINDOW, SOFTCAP, INTERPRET,
-                           DOT_PRECISION)
+def _dkdv_tile(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dq_batch, stride_qh, stride_qm, q_dim,
+               sm_scale, dbatch, head, row, tok, start_m, offs_n, seq_len, kv_len, diag, window,
+               qk_scale, cap_scale, cap_log2, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+               CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SOFTCAP: tl.constexpr,
+               INTERPRET: tl.constexpr, DOT_PRECISION: tl.constexpr, FUSED_DQ: tl.constexpr):
+    dk, dv, ds_t = _dkdv_step(dk, dv, k, v, desc_q, desc_do, Lse, Delta, dbatch, head, row, tok,
+                              start_m, offs_n, seq_len, kv_len, diag, window, qk_scale,
+                              cap_scale, cap_log2, BLOCK_M, BLOCK_D, CAUSAL, WINDOW, SOFTCAP,
+                              INTERPRET, DOT_PRECISION)
+    if FUSED_DQ:
+        # This key block's share of the tile's dQ, scaled as _dq_kernel scales its sum; every
+        # key block of the head adds into the same rows, hence the atomics (relaxed: nothing
+        # reads the sum before the kernel ends).
+        dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k, input_precision=DOT_PRECISION) * sm_scale
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        ptrs = (dq_batch + head.to(tl.int64) * stride_qh
+                + (tok + offs_m).to(tl.int64)[:, None] * stride_qm + offs_d[None, :])
+        # Rows past the sequence are the next head's or sequence's and lanes past q_dim the
+        # next row's: their (zero) shares must not land there.
+        mask = (offs_m[:, None] < seq_len) & (offs_d[None, :] < q_dim)
+        tl.atomic_add(ptrs, dq, mask=mask, sem="relaxed")
     return dk, dv
 
 
@@ -221,10 +240,11 @@ class BackwardConfig(NamedTuple):
     dq_block_n: int
     num_warps: int
     num_stages: int
-    # dQ accumulated in the dK/dV pass with fp32 atomics (triton_flash_bwd_fused), on the
+    # dQ accumulated in the dK/dV pass with fp32 atomics (_dkdv_kernel's FUSED_DQ), on the
     # dK/dV tiles (the dq_* fields unused). The bf16/fp16 default, 32x128, 8 warps, 3 stages,
     # compiles for sm_90 at D=128 to 236 registers and no spills (scripts/inspect_bwd.py; 64
-    # queries a step spill): its speed is unmeasured (kernels/NOTES.md, b4).
+    # queries a step spill). Measured on the H200 it is slower than the two kernels at every
+    # shape tried (kernels/NOTES.md, b4): an A/B switch, off by default.
     fused_dq: bool = False
 
 
@@ -394,7 +414,7 @@ def attention_backward(
     ``group_split``: how many dK/dV programs share a KV head's query heads, each summing
     its share into an fp32 partial that the host adds up; a divisor of heads / kv_heads
     (ValueError otherwise); None: _group_split's pick for the device (1 off CUDA). The fused
-    kernel does not split (it runs with 1 whatever is asked).
+    path does not split (it runs with 1 whatever is asked: a split with atomics is untested).
     """
     problem = _problem(q, k, v, out, lse, dout, causal, window, softcap, cu_seqlens, max_seqlen)
     ragged = cu_seqlens is not None
@@ -407,7 +427,7 @@ def attention_backward(
                          interpret)
     fused = cfg.fused_dq or os.environ.get("FLASHBENCH_TRITON_BWD") == "fused"
     if fused:
-        split = 1  # the fused kernel stores dK/dV directly: it has no partials to sum
+        split = 1  # fused: dK/dV stored directly (a split with its atomics is untested)
     block_d = triton.next_power_of_2(head_dim)
     # delta_i = rowsum(dO_i * O_i) = rowsum(P_i * dP_i): the softmax's backward term, once,
     # in the LSE's layout ((1, H, T) is ragged's (H, T)).
@@ -428,23 +448,20 @@ def attention_backward(
                   SOFTCAP=softcap is not None, VARLEN=ragged, INTERPRET=interpret,
                   DOT_PRECISION=dot_precision(q.dtype, fp32_precision),
                   num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if fused:
-        acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # contiguous
-        stride_qb, stride_qh, stride_qm, _ = _heads_view(acc, ragged).stride()
-        bm, bn = cfg.dkdv_block_m, cfg.dkdv_block_n
-        _dkdvdq_kernel[(triton.cdiv(problem.kv_len, bn), problem.batch * problem.kv_heads)](
-            desc(q4, bm), desc(k4, bn), desc(v4, bn), desc(do4, bm), desc(dk4, bn),
-            desc(dv4, bn), Dk=dk if ragged else None, Dv=dv if ragged else None, DqAcc=acc,
-            num_heads=problem.heads, kv_heads=problem.kv_heads, stride_qb=stride_qb,
-            stride_qh=stride_qh, stride_qm=stride_qm, q_dim=head_dim, BLOCK_M=bm, BLOCK_N=bn,
-            **_feature_args(problem, dk, head_dim, scale, window, softcap), **common)
-        return dq.copy_(acc), dk, dv
+    # Fused: dQ summed in fp32 by atomics, cast once at the end; no _dq_kernel.
+    acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device) if fused else None
+    stride_qb, stride_qh, stride_qm, _ = (_heads_view(acc, ragged).stride() if fused
+                                          else (None,) * 4)
     bm, bn = cfg.dkdv_block_m, cfg.dkdv_block_n
     _dkdv_kernel[dkdv_grid if split == 1 else (split, dkdv_grid[1], dkdv_grid[0])](
         desc(q4, bm), desc(k4, bn), desc(v4, bn), desc(do4, bm), desc(dk4, bn), desc(dv4, bn),
-        Dk=dk if ragged else None, Dv=dv if ragged else None, num_heads=problem.heads,
-        kv_heads=problem.kv_heads, BLOCK_M=bm, BLOCK_N=bn, GROUP_SPLIT=split,
+        Dk=dk if ragged else None, Dv=dv if ragged else None, DqAcc=acc,
+        num_heads=problem.heads, kv_heads=problem.kv_heads, stride_qb=stride_qb,
+        stride_qh=stride_qh, stride_qm=stride_qm, q_dim=head_dim if fused else None,
+        BLOCK_M=bm, BLOCK_N=bn, GROUP_SPLIT=split, FUSED_DQ=fused,
         **_feature_args(problem, dk, head_dim, scale, window, softcap), **common)
+    if fused:
+        return dq.copy_(acc), dk, dv
     bm, bn = cfg.dq_block_m, cfg.dq_block_n
     _dq_kernel[(triton.cdiv(problem.seq_len, bm), problem.batch * problem.heads)](
         desc(q4, bm), desc(k4, bn), desc(v4, bn), desc(do4, bm), desc(dq4, bm),

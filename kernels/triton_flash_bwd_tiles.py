@@ -1,7 +1,7 @@
-"""The tile-level pieces of the Triton backward (triton_flash_bwd, triton_flash_bwd_fused): which
-tiles a sliding window and the causal diagonal leave to visit, P and dS recomputed with or without
-a softcap, a tanh that works on the GPU and under the interpreter, a ragged batch's bookkeeping
-and edge stores, and one query tile's step of the dK/dV pass."""
+"""The tile-level pieces of the Triton backward (triton_flash_bwd): which tiles a sliding window
+and the causal diagonal leave to visit, P and dS recomputed with or without a softcap, a tanh
+that works on the GPU and under the interpreter, a ragged batch's bookkeeping and edge stores,
+and one query tile's step of the dK/dV pass."""
 
 from __future__ import annotations
 

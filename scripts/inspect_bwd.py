@@ -26,9 +26,10 @@ from triton.compiler import ASTSource  # noqa: E402
 from flashbench.kernels import triton_flash_bwd as tb  # noqa: E402
 from inspect_kernel import cuobjdump  # noqa: E402
 
-# (kernel, BLOCK_M, BLOCK_N, warps, stages): the shipped tiles and the fused kernel's candidates.
-CANDIDATES = [("_dkdv_kernel", 32, 128, 8, 3), ("_dq_kernel", 128, 64, 8, 3)] + [
-    ("_dkdvdq_kernel", bm, bn, w, s) for bm, bn, w, s in
+# (kernel, BLOCK_M, BLOCK_N, warps, stages, FUSED_DQ): the shipped tiles, then the fused
+# variant's candidates (dQ by atomics in the dK/dV kernel).
+CANDIDATES = [("_dkdv_kernel", 32, 128, 8, 3, False), ("_dq_kernel", 128, 64, 8, 3, False)] + [
+    ("_dkdv_kernel", bm, bn, w, s, True) for bm, bn, w, s in
     ((32, 128, 8, 3), (32, 128, 8, 2), (64, 128, 8, 2), (16, 128, 8, 3), (32, 64, 4, 3),
      (64, 64, 4, 2), (64, 64, 8, 2))]
 
@@ -53,20 +54,22 @@ def specialise(fn, values: dict) -> ASTSource:
     return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
 
 
-def arguments(bm: int, bn: int, head_dim: int, dtype: str, causal: bool,
-              kv_heads: int) -> dict:
+def arguments(bm: int, bn: int, head_dim: int, dtype: str, causal: bool, kv_heads: int,
+              fused: bool) -> dict:
     heads, n, block_d = 32, 4096, triton.next_power_of_2(head_dim)
     desc = lambda rows: f"tensordesc<{dtype}[1,1,{rows},{block_d}]>"  # noqa: E731
     values = dict(
         desc_q=desc(bm), desc_k=desc(bn), desc_v=desc(bn), desc_do=desc(bm), desc_dk=desc(bn),
-        desc_dv=desc(bn), desc_dq=desc(bm), Dk=None, Dv=None, Dq=None, DqAcc="*fp32",
+        desc_dv=desc(bn), desc_dq=desc(bm), Dk=None, Dv=None, Dq=None,
+        DqAcc="*fp32" if fused else None,
         Lse="*fp32", Delta="*fp32", CuSeqlens=None, num_heads=heads, kv_heads=kv_heads,
         group=heads // kv_heads, seq_len=n, kv_len=n, total=None, stride_tok=None,
-        stride_head=None, head_dim=None, stride_qb=heads * n * head_dim, stride_qh=n * head_dim,
-        stride_qm=head_dim, q_dim=head_dim, qk_scale=0.1275, sm_scale=0.0884, window=None,
+        stride_head=None, head_dim=None, stride_qb=heads * n * head_dim if fused else None,
+        stride_qh=n * head_dim if fused else None, stride_qm=head_dim if fused else None,
+        q_dim=head_dim if fused else None, qk_scale=0.1275, sm_scale=0.0884, window=None,
         cap_scale=None, cap_log2=None, BLOCK_D=block_d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=causal,
         WINDOW=False, SOFTCAP=False, VARLEN=False, INTERPRET=False,
-        DOT_PRECISION="tf32")
+        DOT_PRECISION="tf32", GROUP_SPLIT=1, FUSED_DQ=fused)
     return values
 
 
@@ -81,10 +84,11 @@ def main() -> None:
     print("| kernel | BM | BN | warps | stages | regs | stack | smem KB | HGMMA | UTMALDG | "
           "HMMA | RED | MUFU.EX2 |")
     print("|" + " --- |" * 13)
-    for name, bm, bn, warps, stages in CANDIDATES:
+    for name, bm, bn, warps, stages, fused in CANDIDATES:
         fn = getattr(tb, name)
-        values = arguments(bm, bn, args.head_dim, args.dtype, args.causal, args.kv_heads)
-        head = f"| {name} | {bm} | {bn} | {warps} | {stages} |"
+        values = arguments(bm, bn, args.head_dim, args.dtype, args.causal, args.kv_heads, fused)
+        label = f"{name} (fused)" if fused else name
+        head = f"| {label} | {bm} | {bn} | {warps} | {stages} |"
         try:
             c = triton.compile(specialise(fn, values), target=GPUTarget("cuda", 90, 32),
                                options={"num_warps": warps, "num_stages": stages})
@@ -93,7 +97,8 @@ def main() -> None:
             continue
         if args.ptx_dir:
             args.ptx_dir.mkdir(parents=True, exist_ok=True)
-            (args.ptx_dir / f"{name}-{bm}x{bn}-{warps}w{stages}s.ptx").write_text(c.asm["ptx"])
+            stem = f"{name}{'-fused' if fused else ''}-{bm}x{bn}-{warps}w{stages}s"
+            (args.ptx_dir / f"{stem}.ptx").write_text(c.asm["ptx"])
         sass, usage = cuobjdump(c, "-sass"), cuobjdump(c, "-res-usage")
         count = lambda pat: len(re.findall(pat, sass))  # noqa: E731
         regs = re.search(r"REG:(\d+)", usage).group(1)

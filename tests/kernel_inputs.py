@@ -99,6 +99,26 @@ def reference_and_sdpa_error(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return ref, ref_lse, relative_error(sdpa, ref)
 
 
+def gradient_inputs(batch: int, heads: int, kv_heads: int, n: int, d: int, dtype: torch.dtype,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The GPU backward tests' inputs: (q, k, v) requiring grad and dout, standard normal from
+    a seeded CPU generator (the same numbers on every machine), on the GPU in ``dtype``."""
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(batch, hh, n, d, generator=gen).to("cuda", dtype).requires_grad_()
+               for hh in (heads, kv_heads, kv_heads))
+    return q, k, v, torch.randn(batch, heads, n, d, generator=gen).to("cuda", dtype)
+
+
+def assert_gradients_within_twice(ours, theirs, ref, *, peer: str = "SDPA",
+                                  slack: float = 1e-4) -> None:
+    """Each of our (dq, dk, dv) is within twice the peer's relative error (plus ``slack``)
+    against the float64 reference gradients ``ref``."""
+    for name, a, b, r in zip("qkv", ours, theirs, ref):
+        err = ((a.cpu().double() - r).norm() / r.norm()).item()
+        peer_err = ((b.cpu().double() - r).norm() / r.norm()).item()
+        assert err <= 2 * peer_err + slack, f"d{name}: {err:.2e} vs {peer} {peer_err:.2e}"
+
+
 class LaunchSpy:
     """Stands in for a Triton kernel (``monkeypatch.setattr(module, name, LaunchSpy(kernel))``)
     and records the keyword arguments (constexprs) of every launch, then launches it."""

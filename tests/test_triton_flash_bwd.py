@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
 from flashbench.kernels import triton_flash_bwd
 from flashbench.kernels.triton_flash import attention, attention_forward
-from kernel_inputs import LaunchSpy
+from kernel_inputs import (BF16, DEVICE, F16, F32, INTERPRET, LaunchSpy,
+                           assert_gradients_within_twice, gradient_inputs)
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-DEVICE = "cpu" if INTERPRET else "cuda"
-F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # Relative error of each gradient against float64 autograd on the same rounded inputs.
 TOLERANCE = {F32: 1e-5 if INTERPRET else 5e-3, F16: 5e-3, BF16: 3e-2}
 
@@ -69,20 +66,11 @@ def test_forward_only_needs_no_grad():
 @pytest.mark.parametrize(("hkv", "n", "d", "dtype"), [(8, 1000, 128, BF16), (2, 777, 64, F16),
                                                        (8, 2048, 128, F16)])
 def test_gpu_gradients_within_twice_sdpa(hkv, n, d, dtype, causal):
-    gen = torch.Generator().manual_seed(n)
-    q, k, v = (torch.randn(2, hh, n, d, generator=gen).to("cuda", dtype).requires_grad_()
-               for hh in (8, hkv, hkv))
-    dout = torch.randn(2, 8, n, d, generator=gen).to("cuda", dtype)
+    q, k, v, dout = gradient_inputs(2, 8, hkv, n, d, dtype, seed=n)
     scale = 1 / math.sqrt(d)
     ref = reference(q, k, v, dout, causal=causal, scale=scale)
     ours = torch.autograd.grad(attention(q, k, v, causal=causal, scale=scale), (q, k, v), dout)
-    sdpa_out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, is_causal=causal, scale=scale, enable_gqa=hkv != 8)
-    theirs = torch.autograd.grad(sdpa_out, (q, k, v), dout)
-    for name, a, b_, r in zip("qkv", ours, theirs, ref):
-        err = ((a.cpu().double() - r).norm() / r.norm()).item()
-        sdpa_err = ((b_.cpu().double() - r).norm() / r.norm()).item()
-        assert err <= 2 * sdpa_err + 1e-4, f"d{name}: {err:.2e} vs SDPA {sdpa_err:.2e}"
+    assert_gradients_within_twice(ours, sdpa_gradients(q, k, v, dout, causal, scale), ref)
 
 
 @pytest.mark.gpu
@@ -90,23 +78,21 @@ def test_gpu_gradients_within_twice_sdpa(hkv, n, d, dtype, causal):
 @pytest.mark.parametrize("split", [2, 4])
 def test_gpu_group_split_gradients_within_twice_sdpa(split):
     # Batch 1, GQA 16/2: the shape class the split is for, its fp32 partials summed on the host.
-    gen = torch.Generator().manual_seed(split)
-    q, k, v = (torch.randn(1, hh, 1024, 128, generator=gen).to("cuda", BF16).requires_grad_()
-               for hh in (16, 2, 2))
-    dout = torch.randn(1, 16, 1024, 128, generator=gen).to("cuda", BF16)
+    q, k, v, dout = gradient_inputs(1, 16, 2, 1024, 128, BF16, seed=split)
     scale = 1 / math.sqrt(128)
     ref = reference(q, k, v, dout, causal=True, scale=scale)
     plain = [t.detach() for t in (q, k, v)]
     out, lse = attention_forward(*plain, causal=True, scale=scale)
     ours = triton_flash_bwd.attention_backward(*plain, out, lse, dout, causal=True, scale=scale,
                                                group_split=split)
-    sdpa_out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                                                scale=scale, enable_gqa=True)
-    theirs = torch.autograd.grad(sdpa_out, (q, k, v), dout)
-    for name, a, b_, r in zip("qkv", ours, theirs, ref):
-        err = ((a.cpu().double() - r).norm() / r.norm()).item()
-        sdpa_err = ((b_.cpu().double() - r).norm() / r.norm()).item()
-        assert err <= 2 * sdpa_err + 1e-4, f"d{name}: {err:.2e} vs SDPA {sdpa_err:.2e}"
+    assert_gradients_within_twice(ours, sdpa_gradients(q, k, v, dout, True, scale), ref)
+
+
+def sdpa_gradients(q, k, v, dout, causal, scale):
+    """SDPA's (dq, dk, dv) of the same inputs: the GPU tests' yardstick."""
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=causal, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    return torch.autograd.grad(out, (q, k, v), dout)
 
 
 # (programs, group, SMs, causal) -> split, on an H200's 132 SMs; B=1, 8 KV heads, 128-key
@@ -164,21 +150,13 @@ def test_fp32_precision_reaches_both_backward_kernels(monkeypatch, dtype, settin
 @pytest.mark.skipif(INTERPRET, reason="checks the compiled kernel, not the interpreter")
 @pytest.mark.parametrize("causal", [False, True])
 def test_gpu_fp32_ieee_gradients_as_accurate_as_sdpa_math(causal):
-    gen = torch.Generator().manual_seed(7)
-    q, k, v = (torch.randn(2, hh, 777, 64, generator=gen).to("cuda").requires_grad_()
-               for hh in (8, 2, 2))
-    dout = torch.randn(2, 8, 777, 64, generator=gen).to("cuda")
+    q, k, v, dout = gradient_inputs(2, 8, 2, 777, 64, F32, seed=7)
     ref = reference(q, k, v, dout, causal=causal, scale=0.125)
     ours = torch.autograd.grad(attention(q, k, v, causal=causal, scale=0.125,
                                          fp32_precision="ieee"), (q, k, v), dout)
     with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
-        math_out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, is_causal=causal, scale=0.125, enable_gqa=True)
-    theirs = torch.autograd.grad(math_out, (q, k, v), dout)
-    for name, a, b_, r in zip("qkv", ours, theirs, ref):
-        err = ((a.cpu().double() - r).norm() / r.norm()).item()
-        math_err = ((b_.cpu().double() - r).norm() / r.norm()).item()
-        assert err <= 2 * math_err + 1e-6, f"d{name}: {err:.2e} vs SDPA math {math_err:.2e}"
+        theirs = sdpa_gradients(q, k, v, dout, causal, 0.125)
+    assert_gradients_within_twice(ours, theirs, ref, peer="SDPA math", slack=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16])

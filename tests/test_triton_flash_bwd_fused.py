@@ -10,11 +10,12 @@ import torch
 
 from flashbench.kernels import triton_flash_bwd
 from flashbench.kernels.triton_flash import attention
-from kernel_inputs import DEVICE, INTERPRET, LaunchSpy
-from test_triton_flash_bwd import reference
+from kernel_inputs import (DEVICE, INTERPRET, LaunchSpy, assert_gradients_within_twice,
+                           gradient_inputs)
+from test_triton_flash_bwd import reference, sdpa_gradients
 from test_triton_flash_bwd_masks import F16, F32, assert_close, dense, packed, run_backward
 
-KERNELS = ("_dkdv_kernel", "_dq_kernel", "_dkdvdq_kernel")
+KERNELS = ("_dkdv_kernel", "_dq_kernel")
 
 
 def both_paths(monkeypatch, q, k, v, dout, **mask):
@@ -84,7 +85,9 @@ def spy_on_kernels(monkeypatch) -> dict[str, LaunchSpy]:
 
 
 def launched(spies) -> dict[str, list]:
-    return {name: [s["DOT_PRECISION"] for s in spy.launches] for name, spy in spies.items()}
+    """Each kernel's launches as (DOT_PRECISION, FUSED_DQ) (the dQ kernel has no FUSED_DQ)."""
+    return {name: [(s["DOT_PRECISION"], s.get("FUSED_DQ")) for s in spy.launches]
+            for name, spy in spies.items()}
 
 
 @pytest.mark.parametrize("how", ["default", "config", "env"])
@@ -101,9 +104,8 @@ def test_the_flag_and_the_environment_choose_the_fused_kernel(monkeypatch, how):
     triton_flash_bwd.attention_backward(q, k, v, out, lse, dout, causal=True, scale=0.2,
                                         config=config, fp32_precision="ieee")
     fused = how != "default"
-    assert launched(spies) == {"_dkdv_kernel": [] if fused else ["ieee"],
-                               "_dq_kernel": [] if fused else ["ieee"],
-                               "_dkdvdq_kernel": ["ieee"] if fused else []}
+    assert launched(spies) == {"_dkdv_kernel": [("ieee", fused)],
+                               "_dq_kernel": [] if fused else [("ieee", None)]}
 
 
 def test_the_config_flag_defaults_off():
@@ -118,19 +120,10 @@ def test_the_config_flag_defaults_off():
 def test_gpu_fused_gradients_within_twice_sdpa(monkeypatch, hkv, causal):
     monkeypatch.setenv("FLASHBENCH_TRITON_BWD", "fused")
     spies = spy_on_kernels(monkeypatch)
-    gen = torch.Generator().manual_seed(hkv)
-    n, d, dtype = 1024, 128, torch.bfloat16
-    q, k, v = (torch.randn(2, hh, n, d, generator=gen).to("cuda", dtype).requires_grad_()
-               for hh in (8, hkv, hkv))
-    dout = torch.randn(2, 8, n, d, generator=gen).to("cuda", dtype)
-    scale = 1 / math.sqrt(d)
+    q, k, v, dout = gradient_inputs(2, 8, hkv, 1024, 128, torch.bfloat16, seed=hkv)
+    scale = 1 / math.sqrt(128)
     ref = reference(q, k, v, dout, causal=causal, scale=scale)
     ours = torch.autograd.grad(attention(q, k, v, causal=causal, scale=scale), (q, k, v), dout)
-    assert len(spies["_dkdvdq_kernel"].launches) == 1 and not spies["_dq_kernel"].launches
-    sdpa_out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, is_causal=causal, scale=scale, enable_gqa=hkv != 8)
-    theirs = torch.autograd.grad(sdpa_out, (q, k, v), dout)
-    for name, a, b_, r in zip("qkv", ours, theirs, ref):
-        err = ((a.cpu().double() - r).norm() / r.norm()).item()
-        sdpa_err = ((b_.cpu().double() - r).norm() / r.norm()).item()
-        assert err <= 2 * sdpa_err + 1e-4, f"d{name}: {err:.2e} vs SDPA {sdpa_err:.2e}"
+    assert launched(spies)["_dkdv_kernel"] == [("tf32", True)]  # dQ in it: no dQ kernel
+    assert not spies["_dq_kernel"].launches
+    assert_gradients_within_twice(ours, sdpa_gradients(q, k, v, dout, causal, scale), ref)
