@@ -149,11 +149,20 @@ def _document_mod(inputs: AttentionInputs):
     return same_document
 
 
+def _block_mask(mask_mod, batch, heads, q_len, kv_len, *, device: torch.device,
+                **kwargs) -> Any:
+    """create_block_mask, compiled on CUDA: eager, it evaluates mask_mod on every
+    (query, key) pair at once in int64, which for a ragged batch of 124k tokens asked for
+    116 GiB (the H200's first ragged sweep). Compiled, it works a block at a time. The CPU
+    keeps it eager (compiling costs tens of seconds there, and its tests' shapes are small)."""
+    return create_block_mask(mask_mod, batch, heads, q_len, kv_len, device=device,
+                             _compile=torch.device(device).type == "cuda", **kwargs)
+
+
 def _ragged(inputs: AttentionInputs) -> tuple[tuple, dict, Callable]:
     q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in inputs.tensors)  # (1, H, T, D) views
     total = q.shape[2]
-    mask = create_block_mask(_document_mod(inputs), 1, None, total, total,
-                             device=q.device)
+    mask = _block_mask(_document_mod(inputs), 1, None, total, total, device=q.device)
     return (q, k, v), {"block_mask": mask}, lambda out: out[0].transpose(0, 1)
 
 
@@ -162,8 +171,8 @@ def _dense(inputs: AttentionInputs) -> tuple[tuple, dict, Callable]:
     seq_len, kv_len = q.shape[2], k.shape[2]
     if not inputs.causal:
         return inputs.tensors, {}, lambda out: out
-    mask = create_block_mask(_causal_mod(kv_len - seq_len, inputs.window), None, None,
-                             seq_len, kv_len, device=q.device)
+    mask = _block_mask(_causal_mod(kv_len - seq_len, inputs.window), None, None, seq_len,
+                       kv_len, device=q.device)
     return inputs.tensors, {"block_mask": mask}, lambda out: out
 
 
@@ -187,8 +196,8 @@ def _paged(inputs: AttentionInputs) -> tuple[tuple, dict, Callable]:
     seq_len = q.shape[2]
     logical = _causal_mod(inputs.kv_len - seq_len, inputs.window) if inputs.causal \
         else noop_mask
-    mask = create_block_mask(logical, batch, None, seq_len, per_seq * page, device=q.device,
-                             BLOCK_SIZE=(128, page))
+    mask = _block_mask(logical, batch, None, seq_len, per_seq * page, device=q.device,
+                       BLOCK_SIZE=(128, page))
     mask = paged.convert_logical_block_mask(mask, kv_len=inputs.cache_seqlens.long())
     kwargs: dict = {"block_mask": mask}
     if q.device.type == "cuda" and page % 128:
@@ -199,12 +208,14 @@ def _paged(inputs: AttentionInputs) -> tuple[tuple, dict, Callable]:
 def prepare(inputs: AttentionInputs) -> Callable[[], torch.Tensor]:
     """The block mask and cap for these inputs, flex compiled for them (CUDA), and the call."""
     _check_device(inputs)
+    # Compiled first on CUDA: that raises dynamo's recompile limits, which the compiled block
+    # mask (_block_mask) counts against too.
+    attend = _compiled() if inputs.q.device.type == "cuda" else flex_attention
     layout = {"dense": _dense, "ragged": _ragged, "paged": _paged}[inputs.layout]
     tensors, kwargs, back = layout(inputs)
     q, k, _ = tensors
     kwargs |= {"score_mod": _score_mod(inputs.softcap), "scale": inputs.scale,
                "enable_gqa": k.shape[1] != q.shape[1]}
-    attend = _compiled() if q.device.type == "cuda" else flex_attention
 
     def run() -> torch.Tensor:
         return back(attend(*tensors, **kwargs))

@@ -98,6 +98,8 @@ def test_paged_inputs_are_a_scattered_pool_whose_gather_is_the_cache():
     assert k.shape == (3, 2, 50, 16)
     page, slot = divmod(37, 16)
     assert torch.equal(k[1, :, 37], inputs.k[inputs.block_table[1, page], slot])
+    one_k, one_v = dense_kv(inputs, 1)  # one sequence's (what the reference gathers)
+    assert torch.equal(one_k, k[1:2]) and torch.equal(one_v, v[1:2])
     # The reference on the gathered cache is the reference of the paged case.
     ref = reference_output(inputs, torch.float64)
     assert torch.allclose(ref, reference_attention(inputs.q, k, v, causal=False,

@@ -113,14 +113,18 @@ def make_inputs(case: Case, device: torch.device, seed: int | None = None) -> At
         kv_len=case.kv_len, **common)
 
 
-def dense_kv(inputs: AttentionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+def dense_kv(inputs: AttentionInputs, sequence: int | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """A paged cache gathered into contiguous (B, Hkv, Nk, D) K and V: what a backend without
-    a paged kernel must do first (and a user of it pays for)."""
+    a paged kernel must do first (and a user of it pays for). ``sequence``: that one
+    sequence's cache only, as (1, Hkv, Nk, D)."""
     assert inputs.layout == "paged" and inputs.block_table is not None
-    batch, per_seq = inputs.block_table.shape
+    table = inputs.block_table if sequence is None \
+        else inputs.block_table[sequence:sequence + 1]
+    batch, per_seq = table.shape
 
     def gather(pool: torch.Tensor) -> torch.Tensor:
-        pages = pool[inputs.block_table.reshape(-1).long()]  # (B·pages, page, Hkv, D)
+        pages = pool[table.reshape(-1).long()]  # (B·pages, page, Hkv, D)
         flat = pages.view(batch, per_seq * pool.shape[1], pool.shape[2], pool.shape[3])
         return flat[:, :inputs.kv_len].transpose(1, 2)
 
