@@ -153,10 +153,16 @@ def _block_mask(mask_mod, batch, heads, q_len, kv_len, *, device: torch.device,
                 **kwargs) -> Any:
     """create_block_mask, compiled on CUDA: eager, it evaluates mask_mod on every
     (query, key) pair at once in int64, which for a ragged batch of 124k tokens asked for
-    116 GiB (the H200's first ragged sweep). Compiled, it works a block at a time. The CPU
-    keeps it eager (compiling costs tens of seconds there, and its tests' shapes are small)."""
-    return create_block_mask(mask_mod, batch, heads, q_len, kv_len, device=device,
-                             _compile=torch.device(device).type == "cuda", **kwargs)
+    116 GiB (the H200's first ragged sweep). Compiled (torch's advice, and what its own
+    ``_compile=True`` does), it works a block at a time. The CPU keeps it eager (compiling
+    costs tens of seconds there, and its tests' shapes are small)."""
+    make = _compiled_block_mask() if torch.device(device).type == "cuda" else create_block_mask
+    return make(mask_mod, batch, heads, q_len, kv_len, device=device, **kwargs)
+
+
+@functools.cache
+def _compiled_block_mask() -> Callable[..., Any]:
+    return torch.compile(create_block_mask, dynamic=False)  # one compile per shape, as flex
 
 
 def _ragged(inputs: AttentionInputs) -> tuple[tuple, dict, Callable]:
