@@ -149,20 +149,28 @@ def _document_mod(inputs: AttentionInputs):
     return same_document
 
 
+# Mask pairs above which the block mask is built compiled (_block_mask): eager costs 8 bytes
+# a pair at once, compiled about 20 s of set-up a case on the H200 (h200-deploy-flex, call 3).
+EAGER_MASK_PAIRS = 1 << 31
+
+
 def _block_mask(mask_mod, batch, heads, q_len, kv_len, *, device: torch.device,
                 **kwargs) -> Any:
-    """create_block_mask, compiled on CUDA: eager, it evaluates mask_mod on every
-    (query, key) pair at once in int64, which for a ragged batch of 124k tokens asked for
-    116 GiB (the H200's first ragged sweep). Compiled (torch's advice, and what its own
-    ``_compile=True`` does), it works a block at a time. The CPU keeps it eager (compiling
-    costs tens of seconds there, and its tests' shapes are small)."""
-    make = _compiled_block_mask() if torch.device(device).type == "cuda" else create_block_mask
+    """create_block_mask, eager unless that would not fit: eager, it evaluates mask_mod on
+    every (query, key) pair at once in int64, which for a ragged batch of 124k tokens asked
+    for 116 GiB on the H200. Compiled (torch's advice, and what its own ``_compile=True``
+    does), it works a block at a time, at a compile per case (CUDA only: on a CPU that
+    costs tens of seconds, and the CPU's shapes are small)."""
+    make = _compiled_block_mask() if _mask_compiled(device, batch, heads, q_len, kv_len) \
+        else create_block_mask
     return make(mask_mod, batch, heads, q_len, kv_len, device=device, **kwargs)
 
 
-@functools.cache
-def _compiled_block_mask() -> Callable[..., Any]:
-    return torch.compile(create_block_mask, dynamic=False)  # one compile per shape, as flex
+def _mask_compiled(device: torch.device, batch: int | None, heads: int | None, q_len: int,
+                  kv_len: int) -> bool:
+    """Whether _block_mask compiles the mask: on CUDA, beyond EAGER_MASK_PAIRS pairs."""
+    pairs = (batch or 1) * (heads or 1) * q_len * kv_len
+    return torch.device(device).type == "cuda" and pairs > EAGER_MASK_PAIRS
 
 
 def _ragged(inputs: AttentionInputs) -> tuple[tuple, dict, Callable]:

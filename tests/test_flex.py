@@ -127,3 +127,16 @@ def test_a_sweep_with_windows_softcaps_and_ragged_batches_gives_flex_rows_ok(tmp
                                                      "flex (eager) + document mask"}
     assert {r["window"] for r in mine} == {None, 16} and {r["ragged"] for r in mine} == {
         None, "lens(20,64,33)"}
+
+
+@pytest.mark.parametrize(("device", "shape", "compiled"), [
+    pytest.param("cuda", (1, None, 124514, 124514), True, id="ragged-124k-tokens"),
+    pytest.param("cuda", (1, None, 20952, 20952), False, id="ragged-21k-tokens"),
+    pytest.param("cuda", (None, None, 32768, 32768), False, id="window-32k"),
+    pytest.param("cuda", (64, None, 1, 131072), False, id="paged-decode"),
+    pytest.param("cpu", (1, None, 124514, 124514), False, id="cpu-never"),
+])
+def test_the_block_mask_is_compiled_only_where_eager_would_not_fit(device, shape, compiled):
+    # Eager holds 8 bytes a (query, key) pair at once (116 GiB at 124k ragged tokens, the
+    # H200's oom); compiled costs a compile per case, so only past 2^31 pairs, and on CUDA.
+    assert flex._mask_compiled(torch.device(device), *shape) is compiled
